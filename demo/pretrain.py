@@ -1,0 +1,233 @@
+"""Train a torchvision ResNet from random init on the demo dataset's attribute labels (no ImageNet weights here)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_PER_CROP = 256 / 224  # the extraction's resize 256 -> crop 224, kept at any training resolution
+DEFAULT_EPOCHS = 8
+DEFAULT_RESOLUTION = 128
+
+
+@dataclass
+class LabelledImages:
+    """Decoded images of one or more splits and their integer attribute labels."""
+
+    pixels: torch.Tensor  # uint8 [N, 3, S, S], already resized to the square side S
+    labels: dict[str, torch.Tensor]  # attribute -> int64 [N] class index
+
+
+def _load_split(dataset: dict[str, Any], image_root: Path, *, split: str, side: int) -> LabelledImages:
+    """Decode the images of `split`, resize them to `side` x `side`, and map their attributes to class indices."""
+    classes = dataset["attribute_classes"]
+    records = [image for image in dataset["images"] if image["split"] == split]
+    pixels = torch.empty((len(records), 3, side, side), dtype=torch.uint8)
+    labels = {name: torch.empty(len(records), dtype=torch.int64) for name in classes}
+    for row, record in enumerate(records):
+        path = image_root / record["filepath"] / record["filename"]
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} listed in the dataset JSON does not exist; check image_root")
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
+            pixels[row] = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # HWC -> CHW
+        for name, values in classes.items():
+            value = record["attributes"][name]
+            if value not in values:
+                raise ValueError(f"image {record['filename']}: attribute {name}={value!r} is not one of {values}")
+            labels[name][row] = values.index(value)
+    return LabelledImages(pixels=pixels, labels=labels)
+
+
+def _normalise(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float [B, 3, H, W] with ImageNet mean/std, channels_last on `device`."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    images = pixels.to(device).float().div_(255).sub_(mean).div_(std)
+    return images.contiguous(memory_format=torch.channels_last)
+
+
+def _random_crops(pixels: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
+    """One random `crop` x `crop` window and a random horizontal flip per image (the paper's RC)."""
+    batch, _, height, width = pixels.shape
+    tops = torch.randint(0, height - crop + 1, (batch,), generator=generator).tolist()
+    lefts = torch.randint(0, width - crop + 1, (batch,), generator=generator).tolist()
+    flips = torch.rand(batch, generator=generator).lt(0.5).tolist()
+    crops = []
+    for image, top, left, flip in zip(pixels, tops, lefts, flips):
+        window = image[:, top:top + crop, left:left + crop]
+        crops.append(window.flip(-1) if flip else window)
+    return torch.stack(crops)
+
+
+def _center_crops(pixels: torch.Tensor, crop: int) -> torch.Tensor:
+    """The central `crop` x `crop` window of every image (torchvision CenterCrop's rounding)."""
+    top = int(round((pixels.shape[-2] - crop) / 2.0))
+    left = int(round((pixels.shape[-1] - crop) / 2.0))
+    return pixels[..., top:top + crop, left:left + crop]
+
+
+def _build(backbone: str, classes: dict[str, list[Any]]) -> tuple[nn.Module, nn.Module, nn.ModuleDict]:
+    """(full torchvision model, its pooled-feature trunk sharing the same modules, one linear head per attribute)."""
+    if backbone not in SUPPORTED_BACKBONES:
+        raise ValueError(f"backbone={backbone!r} is not supported for demo pretraining; use one of "
+                         f"{SUPPORTED_BACKBONES}")
+    model = torchvision.models.get_model(backbone, weights=None)  # keeps its 1000-way fc, saved untouched
+    trunk = nn.Sequential(*list(model.children())[:-1], nn.Flatten(1))  # [B, 3, H, W] -> [B, D]
+    heads = nn.ModuleDict({name: nn.Linear(model.fc.in_features, len(values)) for name, values in classes.items()})
+    return model, trunk, heads
+
+
+@torch.inference_mode()
+def _accuracy(trunk: nn.Module, heads: nn.ModuleDict, data: LabelledImages, *, crop: int, resize: int,
+              device: torch.device, batch_size: int) -> dict[str, float]:
+    """Per-attribute accuracy of the heads on center crops (images resized to `resize` first, as extraction does)."""
+    trunk.eval()
+    heads.eval()
+    correct = {name: 0 for name in heads}
+    for start in range(0, len(data.pixels), batch_size):
+        pixels = data.pixels[start:start + batch_size]
+        if pixels.shape[-1] != resize:
+            pixels = F.interpolate(pixels.float(), size=(resize, resize), mode="bilinear", antialias=True,
+                                   align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        features = trunk(_normalise(_center_crops(pixels, crop), device))
+        for name, head in heads.items():
+            predicted = head(features).argmax(dim=1).cpu()
+            correct[name] += int((predicted == data.labels[name][start:start + batch_size]).sum())
+    return {name: count / len(data.pixels) for name, count in correct.items()}
+
+
+def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    tmp_path = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp_path)
+    tmp_path.replace(path)
+
+
+def pretrain_demo_backbone(
+    dataset_json: str | Path,
+    image_root: str | Path,
+    out_weights: str | Path,
+    *,
+    backbone: str = "resnet18",
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = 32,
+    resolution: int = DEFAULT_RESOLUTION,
+    learning_rate: float = 2e-3,
+    seed: int = 0,
+    device: str = "cpu",
+) -> Path:
+    """Train `backbone` from random init to classify the demo attributes; save its state_dict to `out_weights`.
+
+    Only the train split is used for training; the val split (if any) gives held-out per-attribute accuracy.
+    The trunk's pooled features feed one linear head per attribute (colour, shape, count, size, background,
+    position and the second object's colour/shape/size); the loss is the sum of their cross-entropies.
+    Images are resized to resolution*256/224 and randomly cropped to `resolution` with a random flip: the
+    geometry of extraction (resize 256, crop 224) scaled down, since 224 is too slow on a small CPU.
+    The saved file is the plain torchvision state_dict (the untouched 1000-way fc included), so
+    `torchvision.models.<backbone>().load_state_dict(torch.load(path))` works strictly. A JSON beside it
+    (same name, `.json`) records the settings, the time taken and the val accuracies.
+    """
+    dataset_json, image_root, out_weights = Path(dataset_json), Path(image_root), Path(out_weights)
+    if not dataset_json.is_file():
+        raise FileNotFoundError(f"dataset JSON {dataset_json} does not exist; run generate_demo_dataset first")
+    if not image_root.is_dir():
+        raise FileNotFoundError(f"image root {image_root} is not a directory")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs={epochs} and batch_size={batch_size} must both be >= 1")
+    if resolution < 32:
+        raise ValueError(f"resolution={resolution} is too small for a ResNet; use >= 32 (224 = extraction's)")
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise ValueError(f"device={device!r} is not available; use 'cpu' (or 'cuda' on a machine with a GPU)")
+    dataset = json.loads(dataset_json.read_text())
+    if "attribute_classes" not in dataset:
+        raise ValueError(f"{dataset_json} has no 'attribute_classes': it is not a demo dataset "
+                         "made by demo.synthetic.generate_demo_dataset")
+    classes = dataset["attribute_classes"]
+    resize = round(resolution * RESIZE_PER_CROP)
+
+    started = time.perf_counter()
+    train = _load_split(dataset, image_root, split="train", side=resize)
+    if len(train.pixels) == 0:
+        raise ValueError(f"{dataset_json} has no train images to pretrain on")
+    # Held-out images are kept at full size so that accuracy can also be measured at extraction's geometry.
+    val = _load_split(dataset, image_root, split="val", side=256)
+    logger.info("pretraining %s from random init on %d train images (%d val), %d epochs, %dpx crops of %dpx",
+                backbone, len(train.pixels), len(val.pixels), epochs, resolution, resize)
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    torch_device = torch.device(device)
+    model, trunk, heads = _build(backbone, classes)
+    model.to(torch_device, memory_format=torch.channels_last)
+    heads.to(torch_device)
+    parameters = [*trunk.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=1e-4)
+    steps_per_epoch = -(-len(train.pixels) // batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, pct_start=0.2,
+                                                    total_steps=epochs * steps_per_epoch)
+    progress = tqdm(total=epochs * steps_per_epoch, desc=f"pretrain {backbone}", unit="batch")
+    for epoch in range(epochs):
+        trunk.train()
+        heads.train()
+        order = torch.randperm(len(train.pixels), generator=generator)
+        loss_sum = 0.0
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            images = _normalise(_random_crops(train.pixels[rows], resolution, generator), torch_device)
+            features = trunk(images)
+            loss = sum(F.cross_entropy(head(features), train.labels[name][rows].to(torch_device))
+                       for name, head in heads.items())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss) * len(rows)
+            progress.update(1)
+            progress.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}")
+        logger.info("epoch %d/%d: mean loss %.4f (summed over %d heads)", epoch + 1, epochs,
+                    loss_sum / len(order), len(heads))
+    progress.close()
+    train_seconds = time.perf_counter() - started
+
+    val_accuracy: dict[str, dict[str, float]] = {}
+    if len(val.pixels):
+        for crop, resize_to in {(resolution, resize), (224, 256)}:  # training geometry and extraction's
+            val_accuracy[f"{resize_to}to{crop}"] = _accuracy(trunk, heads, val, crop=crop, resize=resize_to,
+                                                              device=torch_device, batch_size=batch_size)
+        for geometry, accuracy in sorted(val_accuracy.items()):
+            logger.info("val accuracy (resize/crop %s): %s", geometry,
+                        ", ".join(f"{name} {acc:.2f} (chance {1 / len(classes[name]):.2f})"
+                                  for name, acc in accuracy.items()))
+    else:
+        logger.warning("no val images: held-out accuracy not measured")
+
+    out_weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    _save_atomic(state, out_weights)
+    summary = {
+        "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "resolution": resolution,
+        "resize": resize, "learning_rate": learning_rate, "seed": seed, "device": device,
+        "dataset_json": str(dataset_json), "num_train": len(train.pixels), "num_val": len(val.pixels),
+        "seconds": round(train_seconds, 1), "torch_threads": torch.get_num_threads(),
+        "val_accuracy": val_accuracy,
+    }
+    out_weights.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    logger.info("saved %s weights to %s after %.1f s of training", backbone, out_weights, train_seconds)
+    return out_weights

@@ -1,0 +1,129 @@
+"""ExtractConfig: every option of the extract stage, with help text that pipeline.py turns into Click options."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BACKBONES = ("vgg19", "resnet152", "resnet50", "resnet18")
+CROPS_CHOICES = (1, 10)
+DTYPE_CHOICES = ("float32", "float16")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+AMP_CHOICES = ("none", "bf16", "fp16")
+DATASET_FORMAT_CHOICES = ("auto", "karpathy", "tsv")
+
+
+@dataclass
+class ExtractConfig:
+    """Options of ``run_extract``; saved as JSON beside the store (``<out>.extract.json``)."""
+
+    # path of a Karpathy split JSON (dataset_coco.json ...) or a TSV image_path<TAB>caption[<TAB>split]
+    dataset: str = field(metadata={"help": "Karpathy split JSON (dataset_coco.json, ...) or TSV "
+                                           "image_path<TAB>caption file"})
+    # folder that image paths in the dataset are relative to
+    image_root: str = field(metadata={"help": "folder the dataset's image paths are relative to"})
+    # output HDF5 feature store
+    out: str = field(metadata={"help": "output HDF5 feature store path (one per dataset x backbone)"})
+    # how to parse `dataset`
+    dataset_format: str = field(default="auto", metadata={
+        "help": "dataset file format; auto = by suffix (.json Karpathy, .tsv TSV)",
+        "choices": DATASET_FORMAT_CHOICES})
+    # CNN; the paper uses vgg19 (FC7) and resnet152 (pooled)
+    backbone: str = field(default="resnet152", metadata={
+        "help": "CNN: vgg19 -> FC7 4096-d after ReLU, resnets -> 2048-d pooled (512-d resnet18); "
+                "paper: vgg19 and resnet152", "choices": BACKBONES})
+    # "default", a torchvision weights name (IMAGENET1K_V1), "none" (random init) or a state_dict path
+    weights: str = field(default="default", metadata={
+        "help": "'default' = torchvision's standard ImageNet file from the torch hub cache "
+                "(never downloaded), a torchvision weights name like IMAGENET1K_V1, a state_dict PATH, "
+                "or 'none' = random init (seeded by --seed)"})
+    # 10 = TenCrop (paper's 10C; also fills 1c), 1 = center crop only (paper's 1C)
+    crops: int = field(default=10, metadata={
+        "help": "crops per image: 10 = four corners + center and their flips (paper 10C, also writes the "
+                "center crop as 1c), 1 = center 224 crop of the 256x256 resize (paper 1C)",
+        "choices": CROPS_CHOICES})
+    # storage dtype of features
+    dtype: str = field(default="float32", metadata={
+        "help": "feature storage dtype (float16 halves the file; computed in float32 either way)",
+        "choices": DTYPE_CHOICES})
+    # where the CNN runs
+    device: str = field(default="auto", metadata={
+        "help": "device for the CNN: auto = cuda when available, else cpu", "choices": DEVICE_CHOICES})
+    # mixed precision on CUDA only; fp32 is the paper's setting
+    amp: str = field(default="none", metadata={
+        "help": "autocast dtype for the CNN on cuda (bf16 / fp16); applies on cuda only, must be 'none' "
+                "on cpu; default none = float32 as in the paper", "choices": AMP_CHOICES})
+    # images per CNN step; the CNN sees batch_size * crops crops at once
+    batch_size: int = field(default=32, metadata={
+        "help": "images per batch; all crops of a batch go through the CNN as one batch "
+                "(batch_size * crops crops)"})
+    # DataLoader processes that decode + resize + crop
+    workers: int = field(default=4, metadata={
+        "help": "DataLoader worker processes for decode, resize and crop (0 = in the main process)"})
+    # "" = all rows; "i/n" = the i-th of n contiguous row blocks (0-based)
+    shard: str = field(default="", metadata={
+        "help": "'' for all images, or 'i/n' to extract only the i-th (0-based) of n contiguous blocks "
+                "of rows, e.g. one per machine; join the stores with `features merge`"})
+    # replace an existing store made with another config instead of refusing
+    overwrite: bool = field(default=False, metadata={
+        "help": "delete and recreate an existing store (also one made with another config)"})
+    # non-zero exit if any image failed to decode
+    strict: bool = field(default=False, metadata={
+        "help": "fail (non-zero exit) when any image could not be read; default: mark it failed, go on"})
+    # retry rows marked failed by an earlier run
+    retry_failed: bool = field(default=False, metadata={
+        "help": "also retry images marked failed by an earlier run (e.g. after fixing the files)"})
+    # seed of the random init (weights none), so random-init stores are reproducible
+    seed: int = field(default=0, metadata={"help": "seed of the random init used with --weights none"})
+    # NHWC memory format; faster convolutions on CPU (oneDNN) and on CUDA tensor cores
+    channels_last: bool = field(default=True, metadata={
+        "help": "run the CNN in channels_last memory format (faster on recent CPUs and GPUs)"})
+    # testing hook: stop (as if interrupted) after this many batches; None = run to the end
+    max_batches: int | None = field(default=None, metadata={
+        "help": "stop after this many batches as if interrupted (the store stays resumable); for tests"})
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option outside its allowed values."""
+        for name, choices in (("dataset_format", DATASET_FORMAT_CHOICES), ("backbone", BACKBONES),
+                              ("crops", CROPS_CHOICES), ("dtype", DTYPE_CHOICES), ("device", DEVICE_CHOICES),
+                              ("amp", AMP_CHOICES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} = {getattr(self, name)!r} is not one of {choices}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.max_batches is not None and self.max_batches < 0:
+            raise ValueError(f"max_batches must be >= 0 or None, got {self.max_batches}")
+        parse_shard(self.shard)
+
+    def save_json(self, path: str | Path) -> None:
+        """Write the config as JSON (atomic: temp file then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> "ExtractConfig":
+        """Rebuild a config saved by ``save_json``."""
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def config_json_path(out: str | Path) -> Path:
+    """Where the config of a store is saved: ``<out>.extract.json``."""
+    return Path(str(out) + ".extract.json")
+
+
+def parse_shard(shard: str) -> tuple[int, int] | None:
+    """"" -> None; "i/n" -> (i, n) with 0 <= i < n; anything else -> ValueError."""
+    if shard == "":
+        return None
+    parts = shard.split("/")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        index, count = int(parts[0]), int(parts[1])
+        if 0 <= index < count:
+            return index, count
+    raise ValueError(f"shard {shard!r} must be 'i/n' with 0 <= i < n (e.g. '0/4'), or '' for all images")

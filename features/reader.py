@@ -1,0 +1,224 @@
+"""Read-only, validated access to a feature store, with features as a numpy memmap."""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from features.datasets import validate_split_names
+from features.schema import (
+    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CROP_CHOICES, FEATURE_DTYPES,
+    IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, SCHEMA_VERSION, TEN_CROP_ORDER, Status,
+    feature_dataset_name,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Sizes of a store, checked against every dataset by validate_layout."""
+
+    num_images: int  # N
+    num_captions: int  # M
+    feature_dim: int  # D
+    crops: int  # 1 or 10
+    dtype: str  # "float32" or "float16"
+
+
+def attr_to_python(value: object) -> object:
+    """Convert an HDF5 attribute value to plain Python (numpy scalars -> numbers, arrays -> lists)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [attr_to_python(item) for item in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_attrs(h5file: h5py.File) -> dict:
+    """Return the root attributes of an open store as a dict of plain Python values."""
+    return {key: attr_to_python(value) for key, value in h5file.attrs.items()}
+
+
+def _require_dataset(h5file: h5py.File, name: str, path: Path, *, length: int | None = None) -> h5py.Dataset:
+    if name not in h5file or not isinstance(h5file[name], h5py.Dataset):
+        raise ValueError(f"{path}: required dataset {name!r} is missing; the file is not a complete feature "
+                         "store, re-extract it (pass --overwrite)")
+    dataset = h5file[name]
+    if length is not None and (dataset.ndim != 1 or dataset.shape[0] != length):
+        raise ValueError(f"{path}: dataset {name!r} has shape {dataset.shape}, expected ({length},); "
+                         "the store is inconsistent, re-extract it (pass --overwrite)")
+    return dataset
+
+
+def validate_layout(h5file: h5py.File, path: Path) -> StoreLayout:
+    """Check schema version, required datasets and that all shapes agree; return the sizes.
+
+    Raises ValueError naming the bad value and saying how to fix it.
+    """
+    found = h5file.attrs.get("schema_version")
+    if found is None or int(found) != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {attr_to_python(found)!r} found, this code supports "
+                         f"{SCHEMA_VERSION}; re-extract the features with this version (pass --overwrite)")
+    missing = [key for key in ("crops", "dtype", "feature_dim") if key not in h5file.attrs]
+    if missing:
+        raise ValueError(f"{path}: root attributes {missing} are missing; re-extract the store (pass --overwrite)")
+    crops, dtype, feature_dim = (attr_to_python(h5file.attrs[key]) for key in ("crops", "dtype", "feature_dim"))
+    if crops not in CROP_CHOICES or dtype not in FEATURE_DTYPES:
+        raise ValueError(f"{path}: attrs crops={crops!r} dtype={dtype!r} are invalid (crops in {CROP_CHOICES}, "
+                         f"dtype in {FEATURE_DTYPES}); re-extract the store (pass --overwrite)")
+    num_images = _require_dataset(h5file, IMAGES_PATH, path).shape[0]
+    for name in (IMAGES_SPLIT, IMAGES_STATUS, IMAGES_ERROR):
+        _require_dataset(h5file, name, path, length=num_images)
+    num_captions = _require_dataset(h5file, CAPTIONS_TEXT, path).shape[0]
+    for name in (CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT):
+        _require_dataset(h5file, name, path, length=num_captions)
+    if CAPTIONS_TOKENS in h5file:
+        _require_dataset(h5file, CAPTIONS_TOKENS, path, length=num_captions)
+    kinds = {"1c": (num_images, feature_dim), "10c": (num_images, len(TEN_CROP_ORDER), feature_dim)}
+    for kind in ("1c", "10c") if crops == 10 else ("1c",):
+        dataset = _require_dataset(h5file, feature_dataset_name(kind), path)
+        if dataset.shape != kinds[kind] or dataset.dtype != np.dtype(dtype):
+            raise ValueError(f"{path}: {feature_dataset_name(kind)!r} is {dataset.dtype} {dataset.shape}, attrs say "
+                             f"{dtype} {kinds[kind]}; the store is inconsistent, re-extract it (pass --overwrite)")
+    return StoreLayout(num_images=num_images, num_captions=num_captions, feature_dim=int(feature_dim),
+                       crops=int(crops), dtype=dtype)
+
+
+def _strings(dataset: h5py.Dataset) -> np.ndarray:
+    return np.asarray(dataset.asstr()[()], dtype=object).astype(str)
+
+
+def status_summary(image_status: np.ndarray) -> dict[str, int]:
+    """Count rows per status: {"total", "done", "pending", "failed"}."""
+    counts = np.bincount(image_status, minlength=len(Status))
+    summary = {"total": int(image_status.shape[0])}
+    summary.update({status.name.lower(): int(counts[status]) for status in Status})
+    return summary
+
+
+class FeatureStore:
+    """A feature store opened read-only; tables are loaded into memory, features stay on disk.
+
+    Rows that are not done (pending or failed) hold unspecified values in the feature arrays:
+    select rows with image_indices / caption_indices, which return done rows only.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        """Open and validate the store at `path` (schema version, datasets, shapes, caption index)."""
+        self.path = Path(path)
+        if not self.path.is_file():
+            partial = self.path.with_name(self.path.name + ".partial")
+            hint = (f" ({partial.name} exists: its creation was interrupted, rerun extract)" if partial.exists()
+                    else "; run `pipeline.py extract` first or check the path")
+            raise FileNotFoundError(f"no feature store at {str(self.path)!r}{hint}")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as err:
+            raise ValueError(f"{self.path}: cannot be opened as HDF5 ({err}); is this a feature store?") from err
+        try:
+            self._load()
+        except BaseException:
+            self._file.close()
+            raise
+        self._features: dict[str, np.ndarray | h5py.Dataset] = {}
+
+    def _load(self) -> None:
+        layout = validate_layout(self._file, self.path)
+        self.attrs: dict = read_attrs(self._file)
+        self.num_images, self.num_captions = layout.num_images, layout.num_captions
+        self.feature_dim, self.crops, self.dtype = layout.feature_dim, layout.crops, layout.dtype
+        self.image_paths = _strings(self._file[IMAGES_PATH])
+        self.image_splits = _strings(self._file[IMAGES_SPLIT])
+        self.image_status = self._file[IMAGES_STATUS][()].astype(np.uint8)
+        self.image_errors = _strings(self._file[IMAGES_ERROR])
+        self.caption_texts: list[str] = _strings(self._file[CAPTIONS_TEXT]).tolist()
+        self.caption_tokens: list[list[str]] | None = None
+        if CAPTIONS_TOKENS in self._file:
+            self.caption_tokens = [text.split(" ") if text else [] for text in
+                                   _strings(self._file[CAPTIONS_TOKENS]).tolist()]
+        self.caption_image_index = self._file[CAPTIONS_IMAGE_INDEX][()].astype(np.int64)
+        self.caption_splits = _strings(self._file[CAPTIONS_SPLIT])
+        if self.num_captions and (self.caption_image_index.min() < 0
+                                  or self.caption_image_index.max() >= self.num_images):
+            raise ValueError(f"{self.path}: captions/image_index points outside [0, {self.num_images}); "
+                             "the store is inconsistent, re-extract it (pass --overwrite)")
+        unknown = set(np.unique(self.image_status).tolist()) - {int(status) for status in Status}
+        if unknown:
+            raise ValueError(f"{self.path}: images/status holds unknown values {sorted(unknown)}; "
+                             "re-extract the store (pass --overwrite)")
+
+    def features(self, kind: str) -> np.ndarray | h5py.Dataset:
+        """Return "1c" [N, D] or "10c" [N, 10, D] features without reading them into RAM.
+
+        A np.memmap (mode "r") when the dataset is contiguous, as this package writes it. A chunked or
+        compressed store made elsewhere gives the h5py Dataset instead (logged as a warning): it
+        supports the same slicing, but fancy indexing needs sorted, unique indices.
+        """
+        if kind in self._features:
+            return self._features[kind]
+        name = feature_dataset_name(kind)
+        if kind == "10c" and self.crops != 10:
+            raise ValueError(f"{self.path} has no 10c features (extracted with crops={self.crops}); "
+                             "use '1c' or re-extract with --crops 10")
+        dataset = self._file[name]
+        offset = dataset.id.get_offset()
+        if offset is None or dataset.chunks is not None:
+            reason = ("it is chunked (compression or maxshape, e.g. written by another tool)" if dataset.chunks
+                      else "its storage was never allocated (no row was written)")
+            logger.warning("%s: %r cannot be memory-mapped because %s; falling back to h5py reads, which are "
+                           "slower and need sorted indices", self.path, name, reason)
+            self._features[kind] = dataset
+        else:
+            self._features[kind] = np.memmap(self.path, dtype=dataset.dtype, mode="r", offset=offset,
+                                             shape=dataset.shape)
+        return self._features[kind]
+
+    def image_indices(self, splits: Sequence[str] | str) -> np.ndarray:
+        """Sorted int64 rows of images in `splits` whose features are done (failed/pending excluded)."""
+        splits = self._check_splits(splits)
+        mask = np.isin(self.image_splits, splits) & (self.image_status == Status.DONE)
+        return np.flatnonzero(mask).astype(np.int64)
+
+    def caption_indices(self, splits: Sequence[str] | str) -> np.ndarray:
+        """Sorted int64 caption rows in `splits` whose image is done (captions of other images excluded)."""
+        splits = self._check_splits(splits)
+        image_done = self.image_status[self.caption_image_index] == Status.DONE
+        return np.flatnonzero(np.isin(self.caption_splits, splits) & image_done).astype(np.int64)
+
+    def require_complete(self, splits: Sequence[str] | str) -> None:
+        """Raise ValueError if any image of `splits` is still pending (failed images are allowed)."""
+        splits = self._check_splits(splits)
+        in_splits = np.isin(self.image_splits, splits)
+        num_pending = int((in_splits & (self.image_status == Status.PENDING)).sum())
+        if num_pending:
+            raise ValueError(f"{self.path}: {num_pending} of {int(in_splits.sum())} images in splits "
+                             f"{list(splits)} are still pending; rerun the same extract command to finish "
+                             "(it resumes where it stopped)")
+
+    def summary(self) -> dict[str, int]:
+        """Count image rows per status: {"total", "done", "pending", "failed"}."""
+        return status_summary(self.image_status)
+
+    def _check_splits(self, splits: Sequence[str] | str) -> list[str]:
+        splits = [splits] if isinstance(splits, str) else list(splits)
+        if not splits:
+            raise ValueError("no splits given; pass at least one of train, val, test, restval")
+        validate_split_names(splits, where=str(self.path))
+        return splits
+
+    def close(self) -> None:
+        """Close the HDF5 file (memmaps already handed out stay readable)."""
+        self._features.clear()
+        self._file.close()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

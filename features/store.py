@@ -1,0 +1,326 @@
+"""FeatureStoreWriter: create, resume and fill a feature store row by row."""
+
+import datetime
+import logging
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from features.datasets import DatasetIndex, validate_split_names
+from features.reader import attr_to_python, read_attrs, status_summary, validate_layout
+from features.schema import (
+    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CONFIG_ATTRS, CROP_CHOICES,
+    FEATURE_DTYPES, FEATURES_GROUP, IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, SCHEMA_VERSION,
+    TEN_CROP_ORDER, Status, feature_dataset_name,
+)
+
+logger = logging.getLogger(__name__)
+
+STRING_DTYPE = h5py.string_dtype("utf-8")
+# Attributes the writer derives itself; callers must give the rest of CONFIG_ATTRS.
+DERIVED_ATTRS = ("schema_version", "crops", "dtype", "feature_dim")
+FIX_HINT = "pass --overwrite to replace it, or use another --out"
+
+
+def attr_to_hdf5(key: str, value: object) -> object:
+    """Convert one root attribute to a value HDF5 can store (None -> "", paths -> str, lists -> arrays)."""
+    if value is None:
+        return ""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (bool, int, float, str, np.generic)):
+        return value
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(np.asarray(value, dtype=object).ravel())
+        if all(isinstance(item, str) for item in items):
+            return np.array(items, dtype=STRING_DTYPE)
+        if all(isinstance(item, (int, float, np.number)) and not isinstance(item, bool) for item in items):
+            as_float = key in ("mean", "std") or any(isinstance(item, (float, np.floating)) for item in items)
+            return np.asarray(value, dtype=np.float64 if as_float else np.int64)
+    raise ValueError(f"attribute {key!r} = {value!r:.80} cannot be stored; use None, a string, a number "
+                     "or a list of strings or numbers")
+
+
+def normalize_attr(key: str, value: object) -> object:
+    """The Python value `value` reads back as after being stored (used to compare configs)."""
+    return attr_to_python(attr_to_hdf5(key, value))
+
+
+def _root_attrs(attrs: dict, *, feature_dim: int, crops: int, dtype: str) -> dict:
+    derived = {"schema_version": SCHEMA_VERSION, "crops": crops, "dtype": dtype, "feature_dim": feature_dim}
+    for key, value in derived.items():
+        if key in attrs and normalize_attr(key, attrs[key]) != value:
+            raise ValueError(f"attrs[{key!r}] = {attrs[key]!r} contradicts {key}={value!r}; drop it from attrs")
+    missing = [key for key in CONFIG_ATTRS if key not in attrs and key not in derived]
+    if missing:
+        raise ValueError(f"attrs lack the config attributes {missing}; every store must say how it was made")
+    root = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "h5py_version": h5py.__version__, "shard": ""}
+    root.update(attrs)
+    root.update(derived)
+    return {key: attr_to_hdf5(key, value) for key, value in root.items()}
+
+
+def _check_dataset_index(dataset: DatasetIndex) -> None:
+    num_images, num_captions = len(dataset.image_paths), len(dataset.caption_texts)
+    if num_images == 0 or len(dataset.image_splits) != num_images:
+        raise ValueError(f"DatasetIndex has {num_images} image paths and {len(dataset.image_splits)} splits; "
+                         "need the same, non-zero number")
+    validate_split_names(dataset.image_splits, where="DatasetIndex.image_splits")
+    index = np.asarray(dataset.caption_image_index)
+    if index.shape != (num_captions,) or (num_captions and (index.min() < 0 or index.max() >= num_images)):
+        raise ValueError(f"DatasetIndex.caption_image_index must be [{num_captions}] rows in [0, {num_images})")
+    if dataset.caption_tokens is not None:
+        if len(dataset.caption_tokens) != num_captions:
+            raise ValueError(f"DatasetIndex has {len(dataset.caption_tokens)} token lists for {num_captions} captions")
+        for number, tokens in enumerate(dataset.caption_tokens):
+            if any(" " in token for token in tokens):
+                raise ValueError(f"caption {number}: tokens {tokens!r:.80} contain a space; "
+                                 "tokens are stored space-joined, split them first")
+
+
+def _create_contiguous(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) -> None:
+    """Create a contiguous, uncompressed dataset whose storage is allocated now (so get_offset works)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # rows are pending until written; no need for a fill pass
+    dcpl.set_obj_track_times(False)
+    space = h5py.h5s.create_simple(shape)
+    h5py.h5d.create(group.id, name.encode("utf-8"), h5py.h5t.py_create(np.dtype(dtype)), space, dcpl=dcpl)
+
+
+def _write_tables(h5file: h5py.File, dataset: DatasetIndex) -> None:
+    num_images = len(dataset.image_paths)
+    h5file.create_dataset(IMAGES_PATH, data=np.array(dataset.image_paths, dtype=object), dtype=STRING_DTYPE)
+    h5file.create_dataset(IMAGES_SPLIT, data=np.array(dataset.image_splits, dtype=object), dtype=STRING_DTYPE)
+    h5file.create_dataset(IMAGES_STATUS, data=np.full(num_images, Status.PENDING, dtype=np.uint8))
+    h5file.create_dataset(IMAGES_ERROR, data=np.full(num_images, "", dtype=object), dtype=STRING_DTYPE)
+    h5file.create_dataset(CAPTIONS_TEXT, data=np.array(dataset.caption_texts, dtype=object), dtype=STRING_DTYPE)
+    if dataset.caption_tokens is not None:
+        joined = np.array([" ".join(tokens) for tokens in dataset.caption_tokens], dtype=object)
+        h5file.create_dataset(CAPTIONS_TOKENS, data=joined, dtype=STRING_DTYPE)
+    caption_image_index = np.asarray(dataset.caption_image_index, dtype=np.int64)
+    h5file.create_dataset(CAPTIONS_IMAGE_INDEX, data=caption_image_index)
+    caption_splits = np.array(dataset.image_splits, dtype=object)[caption_image_index]
+    h5file.create_dataset(CAPTIONS_SPLIT, data=caption_splits, dtype=STRING_DTYPE)
+
+
+def contiguous_runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """Split sorted rows into runs of consecutive values; return (begin, end) positions into `rows`."""
+    if len(rows) == 0:
+        return []
+    breaks = (np.flatnonzero(np.diff(rows) != 1) + 1).tolist()
+    return list(zip([0] + breaks, breaks + [len(rows)]))
+
+
+class FeatureStoreWriter:
+    """Writes features by image row into a store; statuses say which rows are done.
+
+    Build with `create` (new store) or `open_existing` (resume). Every write is flushed, so a crash
+    or Ctrl-C leaves a valid store whose unfinished rows are still pending.
+    """
+
+    def __init__(self, h5file: h5py.File, path: Path) -> None:
+        """Wrap an open, validated store; use create() or open_existing() instead of calling this."""
+        self._file = h5file
+        self.path = path
+        layout = validate_layout(h5file, path)
+        self.num_images, self.feature_dim, self.crops, self.dtype = (
+            layout.num_images, layout.feature_dim, layout.crops, layout.dtype)
+        self.attrs: dict = read_attrs(h5file)
+        self._status = h5file[IMAGES_STATUS][()].astype(np.uint8)
+
+    @classmethod
+    def create(cls, path: str | Path, dataset: DatasetIndex, *, attrs: dict, feature_dim: int, crops: int,
+               dtype: str) -> "FeatureStoreWriter":
+        """Create a store with every row pending, replacing any file at `path`.
+
+        The file is built at `path + ".partial"` and renamed only once its tables and attributes are
+        written, so an interrupted creation never leaves a file that looks like a valid store.
+        `attrs` must hold every CONFIG_ATTRS key except crops and dtype; see schema.ROOT_ATTRS.
+        """
+        path = Path(path)
+        if crops not in CROP_CHOICES:
+            raise ValueError(f"crops={crops!r} is not supported; use one of {CROP_CHOICES}")
+        if dtype not in FEATURE_DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not supported; use one of {FEATURE_DTYPES}")
+        if not isinstance(feature_dim, (int, np.integer)) or feature_dim <= 0:
+            raise ValueError(f"feature_dim={feature_dim!r} must be a positive integer")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist; create it first")
+        root_attrs = _root_attrs(attrs, feature_dim=int(feature_dim), crops=crops, dtype=dtype)
+        _check_dataset_index(dataset)
+        if path.exists():
+            logger.warning("replacing the existing file %s", path)
+        partial = path.with_name(path.name + ".partial")
+        try:
+            with h5py.File(partial, "w") as h5file:
+                _write_tables(h5file, dataset)
+                group = h5file.create_group(FEATURES_GROUP)
+                num_images = len(dataset.image_paths)
+                _create_contiguous(group, "1c", (num_images, feature_dim), dtype)
+                if crops == len(TEN_CROP_ORDER):
+                    _create_contiguous(group, "10c", (num_images, crops, feature_dim), dtype)
+                h5file.attrs.update(root_attrs)
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        logger.info("created %s: %d images, %d captions, crops=%d, dim=%d, %s", path, len(dataset.image_paths),
+                    len(dataset.caption_texts), crops, feature_dim, dtype)
+        return cls(h5py.File(path, "r+"), path)
+
+    @classmethod
+    def open_existing(cls, path: str | Path, *, expected_attrs: dict,
+                      dataset: DatasetIndex | None = None) -> "FeatureStoreWriter":
+        """Open a store to resume it; ValueError if its config (or, when given, its dataset) differs.
+
+        `expected_attrs` must hold every CONFIG_ATTRS key; each differing one is listed in the error.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no feature store at {str(path)!r} to resume; check --out")
+        missing = [key for key in CONFIG_ATTRS if key not in expected_attrs]
+        if missing:
+            raise ValueError(f"expected_attrs lacks the config attributes {missing}; pass all of {CONFIG_ATTRS}")
+        try:
+            h5file = h5py.File(path, "r+")
+        except OSError as err:
+            raise ValueError(f"{path} cannot be opened as HDF5 ({err}); {FIX_HINT}") from err
+        try:
+            writer = cls(h5file, path)
+            differences = [f"{key}: stored {writer.attrs.get(key)!r} vs requested "
+                           f"{normalize_attr(key, expected_attrs[key])!r}" for key in CONFIG_ATTRS
+                           if writer.attrs.get(key) != normalize_attr(key, expected_attrs[key])]
+            if differences:
+                raise ValueError(f"{path} was extracted with another config ({'; '.join(differences)}); {FIX_HINT}")
+            if dataset is not None:
+                writer._check_same_dataset(dataset)
+        except BaseException:
+            h5file.close()
+            raise
+        logger.info("resuming %s: %s", path, writer.summary())
+        return writer
+
+    def _check_same_dataset(self, dataset: DatasetIndex) -> None:
+        tables = {
+            IMAGES_PATH: list(dataset.image_paths), IMAGES_SPLIT: list(dataset.image_splits),
+            CAPTIONS_TEXT: list(dataset.caption_texts),
+            CAPTIONS_IMAGE_INDEX: np.asarray(dataset.caption_image_index, dtype=np.int64).tolist(),
+        }
+        for name, requested in tables.items():
+            stored_dataset = self._file[name]
+            stored = (stored_dataset.asstr()[()] if stored_dataset.dtype.kind == "O" else stored_dataset[()]).tolist()
+            if stored != requested:
+                shorter = min(len(stored), len(requested))  # the first differing row when one is a prefix
+                row = next((i for i, (a, b) in enumerate(zip(stored, requested)) if a != b), shorter)
+                raise ValueError(f"{self.path} was made from another dataset: {name} differs at row {row} "
+                                 f"(stored {len(stored)} rows, requested {len(requested)}); {FIX_HINT}")
+
+    def pending_indices(self, retry_failed: bool = False) -> np.ndarray:
+        """Sorted int64 rows still to extract: pending ones, plus failed ones when retry_failed."""
+        todo = self._status == Status.PENDING
+        if retry_failed:
+            todo |= self._status == Status.FAILED
+        return np.flatnonzero(todo).astype(np.int64)
+
+    def summary(self) -> dict[str, int]:
+        """Count image rows per status: {"total", "done", "pending", "failed"}."""
+        return status_summary(self._status)
+
+    def _sorted_rows(self, indices: np.ndarray, num_values: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """Validate row indices; return (sorted rows, the order that sorts them)."""
+        rows = np.asarray(indices)
+        if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
+            raise ValueError(f"indices must be a 1-D integer array, got {rows.dtype} {rows.shape}")
+        if rows.shape[0] != num_values:
+            raise ValueError(f"{len(rows)} indices but {num_values} {what}; give one per index")
+        rows = rows.astype(np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.num_images):
+            bad = rows[(rows < 0) | (rows >= self.num_images)][0]
+            raise ValueError(f"row index {bad} is outside [0, {self.num_images}) of {self.path}")
+        order = np.argsort(rows, kind="stable")
+        rows = rows[order]
+        duplicated = rows[1:][np.diff(rows) == 0]
+        if duplicated.size:
+            raise ValueError(f"row index {duplicated[0]} is given more than once; each row must appear once")
+        return rows, order
+
+    def _check_features(self, feats: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        feats = np.asarray(feats)
+        if feats.shape != shape:
+            raise ValueError(f"{name} has shape {feats.shape}, expected {shape} (rows, [crops,] feature_dim)")
+        with np.errstate(over="ignore"):  # an overflow to inf is reported just below, naming the fix
+            feats = feats.astype(self.dtype, copy=False)
+        if not np.isfinite(feats).all():
+            raise ValueError(f"{name} holds NaN or inf after casting to {self.dtype}; "
+                             "check the model (float16 overflows above 65504)")
+        return feats
+
+    def write_rows(self, indices: np.ndarray, feats_1c: np.ndarray, feats_10c: np.ndarray | None) -> None:
+        """Write features of `indices` ([K] rows, any order) and mark them done.
+
+        feats_1c is [K, D]; feats_10c is [K, 10, D] when the store has crops=10 and must be None
+        otherwise. Features are written and flushed before the statuses, so a crash in between
+        leaves those rows pending, never done with garbage.
+        """
+        rows, order = self._sorted_rows(indices, len(feats_1c), "feature rows")
+        arrays = {"1c": self._check_features(feats_1c, "feats_1c", (len(rows), self.feature_dim))[order]}
+        if self.crops == len(TEN_CROP_ORDER):
+            if feats_10c is None:
+                raise ValueError(f"{self.path} stores 10 crops: pass feats_10c of shape [K, 10, D]")
+            arrays["10c"] = self._check_features(feats_10c, "feats_10c",
+                                                 (len(rows), self.crops, self.feature_dim))[order]
+        elif feats_10c is not None:
+            raise ValueError(f"{self.path} stores only the center crop (crops=1): pass feats_10c=None")
+        runs = contiguous_runs(rows)
+        for kind, values in arrays.items():
+            dataset = self._file[feature_dataset_name(kind)]
+            for begin, end in runs:
+                dataset[rows[begin]:rows[end - 1] + 1] = values[begin:end]
+        self.flush()
+        was_failed = self._status[rows] == Status.FAILED
+        self._set_status(rows, Status.DONE, errors=None)
+        if was_failed.any():
+            retried = rows[was_failed]
+            self._write_errors(retried, [""] * len(retried))
+        self.flush()
+
+    def mark_failed(self, indices: np.ndarray, errors: list[str]) -> None:
+        """Mark rows failed with a one-line reason each (features untouched), then flush."""
+        rows, order = self._sorted_rows(indices, len(errors), "errors")
+        sorted_errors = [str(errors[position]) for position in order.tolist()]
+        self._set_status(rows, Status.FAILED, errors=sorted_errors)
+        self.flush()
+
+    def _set_status(self, rows: np.ndarray, status: Status, *, errors: list[str] | None) -> None:
+        dataset = self._file[IMAGES_STATUS]
+        for begin, end in contiguous_runs(rows):
+            dataset[rows[begin]:rows[end - 1] + 1] = np.full(end - begin, status, dtype=np.uint8)
+        if errors is not None:
+            self._write_errors(rows, errors)
+        self._status[rows] = status
+
+    def _write_errors(self, rows: np.ndarray, errors: list[str]) -> None:
+        dataset = self._file[IMAGES_ERROR]
+        for begin, end in contiguous_runs(rows):
+            dataset[rows[begin]:rows[end - 1] + 1] = np.array(errors[begin:end], dtype=object)
+
+    def flush(self) -> None:
+        """Flush HDF5 buffers to the operating system."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close the file; safe to call twice."""
+        if self._file.id.valid:
+            self._file.flush()
+            self._file.close()
+
+    def __enter__(self) -> "FeatureStoreWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,129 @@
+"""Checkpoints: atomic save, validated load, strict weight loading, RNG state capture and restore."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the keys below change incompatibly
+CHECKPOINT_KINDS = ("train", "finetune")
+REQUIRED_KEYS = ("format_version", "kind", "model", "optimizer", "scaler", "epoch", "step", "step_in_epoch",
+                 "best_rsum", "rng", "vocab", "config", "model_spec")
+
+
+def capture_rng_state() -> dict:
+    """Python, numpy (global), torch CPU and (when present) CUDA RNG states, as tensors and plain values."""
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": numpy_state[0], "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+                  "pos": int(numpy_state[2]), "has_gauss": int(numpy_state[3]),
+                  "cached_gaussian": float(numpy_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of capture_rng_state."""
+    python_state = state["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None, kind: str, epoch: int, step: int, step_in_epoch: int,
+                    best_rsum: float, vocab: dict, config: dict, model_spec: dict) -> None:
+    """Write everything that determines the next step to `path`, atomically.
+
+    `epoch`/`step_in_epoch` say where the next step starts; `step` counts steps done. `vocab` and `config`
+    are plain dicts (Vocabulary.to_dict, TrainConfig.to_dict); `model_spec` holds what rebuilding the model
+    needs beyond the config (vocab_size, feature_dim). Written to a temporary file in the same folder,
+    fsynced, then renamed over `path`, so a crash never leaves a truncated checkpoint.
+    """
+    if kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"checkpoint kind {kind!r} is not one of {CHECKPOINT_KINDS}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format_version": FORMAT_VERSION, "kind": kind, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": int(epoch), "step": int(step), "step_in_epoch": int(step_in_epoch), "best_rsum": float(best_rsum),
+        "rng": capture_rng_state(), "vocab": vocab, "config": config, "model_spec": model_spec,
+    }
+    handle, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as tmp_file:
+            torch.save(payload, tmp_file)
+            tmp_file.flush()
+            os.fsync(tmp_file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
+                    expected_kind: str | None = None) -> dict:
+    """Read and validate a checkpoint; FileNotFoundError if missing, ValueError if not ours or wrong kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass an existing last.pt/best.pt "
+                                "(a resume never silently starts from scratch)")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt or foreign file
+        raise ValueError(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from err
+    missing = [key for key in REQUIRED_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise ValueError(f"{path}: not a checkpoint of this pipeline (missing keys {missing})")
+    if checkpoint["format_version"] != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {checkpoint['format_version']} found, this code reads "
+                         f"{FORMAT_VERSION}; retrain or use the version of the code that wrote it")
+    if expected_kind is not None and checkpoint["kind"] != expected_kind:
+        raise ValueError(f"{path} is a {checkpoint['kind']!r} checkpoint, expected {expected_kind!r}")
+    return checkpoint
+
+
+def load_model_state(model: nn.Module, state: dict, *, source: str = "checkpoint") -> None:
+    """Strict load: any missing or unexpected key is a ValueError listing them (never silently dropped)."""
+    own, given = set(model.state_dict()), set(state)
+    missing, unexpected = sorted(own - given), sorted(given - own)
+    if missing or unexpected:
+        raise ValueError(f"{source} does not fit the model: missing keys {missing[:20]}, unexpected keys "
+                         f"{unexpected[:20]}; was it written with other model options (text/image pool, "
+                         "caption head, loss infonce)?")
+    model.load_state_dict(state, strict=True)
+
+
+def restore_training_state(checkpoint: dict, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                           scaler: torch.amp.GradScaler | None) -> None:
+    """Load model, optimizer, scaler and RNG states of `checkpoint` (counters are the caller's)."""
+    load_model_state(model, checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if (checkpoint["scaler"] is None) != (scaler is None):
+        raise ValueError("the checkpoint and this run disagree on fp16 loss scaling (--amp); resume with the "
+                         "same --amp as the run that wrote it")
+    if scaler is not None:
+        scaler.load_state_dict(checkpoint["scaler"])
+    restore_rng_state(checkpoint["rng"])

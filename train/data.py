@@ -1,0 +1,164 @@
+"""Caption-level batches over the feature store: token ids and image features gathered by index.
+
+One epoch visits every caption of the training splits once, in a permutation seeded by (seed, epoch);
+batch `step` of an epoch is a pure function of (seed, epoch, step), so a resume mid-epoch skips the
+batches already done and sees the very same ones after. Features are read from the memmap with the
+batch's sorted unique image rows only: the feature array is never materialised.
+
+Feature modes (what one caption's image looks like in a batch):
+  "1c"          the center crop, [B, D] (store kind 1c);
+  "10c"         the mean of the ten crops, [B, D], averaged in float32 per batch (paper 10C);
+  "10c-random"  one crop per caption, drawn from (seed, epoch, step), [B, D] (validation: the mean);
+  "10c-set"     all ten crops, [B, 10, D], reduced by the model's --image-pool (mean or adaptive).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from train.config import FEATURE_MODES
+from train.text import Vocabulary, caption_tokens
+
+NUM_CROPS = 10
+# Keeps random streams of different uses apart when seeded with (seed, epoch[, step]).
+ORDER_STREAM, CROP_STREAM = 0, 1
+
+
+def store_kind(feature_mode: str) -> str:
+    """Store feature kind ("1c" or "10c") a feature mode reads."""
+    if feature_mode not in FEATURE_MODES:
+        raise ValueError(f"unknown feature mode {feature_mode!r}; valid: {', '.join(FEATURE_MODES)}")
+    return "1c" if feature_mode == "1c" else "10c"
+
+
+def eval_feature_mode(feature_mode: str) -> str:
+    """Deterministic mode for validation/eval: "10c-random" is evaluated on the mean of the crops."""
+    return "10c" if feature_mode == "10c-random" else feature_mode
+
+
+def read_image_features(features: np.ndarray, image_rows: np.ndarray, *, feature_mode: str,
+                        crop_indices: np.ndarray | None = None) -> np.ndarray:
+    """float32 features of `image_rows` (one per caption, repeats allowed) read from a memmap.
+
+    Reads only the sorted unique rows (locality; h5py Datasets need it too), then maps back with the
+    inverse. `crop_indices` [B] in [0, 10) is required for "10c-random". Shapes: [B, D], or [B, 10, D]
+    for "10c-set".
+    """
+    unique_rows, inverse = np.unique(np.asarray(image_rows, dtype=np.int64), return_inverse=True)
+    block = np.asarray(features[unique_rows], dtype=np.float32)  # [U, D] or [U, 10, D]; fp16 -> fp32 here
+    if feature_mode == "1c":
+        return block[inverse]
+    if feature_mode == "10c":
+        return block.mean(axis=1)[inverse]
+    if feature_mode == "10c-set":
+        return block[inverse]
+    if feature_mode == "10c-random":
+        if crop_indices is None or len(crop_indices) != len(image_rows):
+            raise ValueError("feature mode 10c-random needs one crop index per caption")
+        return block[inverse, np.asarray(crop_indices, dtype=np.int64)]
+    raise ValueError(f"unknown feature mode {feature_mode!r}; valid: {', '.join(FEATURE_MODES)}")
+
+
+def _keep_batch(batch: "Batch") -> "Batch":
+    return batch  # batches are built whole by CaptionBatches; a picklable no-op collate for workers
+
+
+def pad_token_ids(token_ids: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of int64 id arrays -> (tokens [B, T] padded with <pad>=0, lengths [B])."""
+    lengths = torch.tensor([len(ids) for ids in token_ids], dtype=torch.int64)
+    tokens = torch.zeros(len(token_ids), int(lengths.max()) if len(token_ids) else 0, dtype=torch.int64)
+    for row, ids in enumerate(token_ids):
+        tokens[row, :len(ids)] = torch.from_numpy(ids)
+    return tokens, lengths
+
+
+@dataclass
+class Batch:
+    """One training step's captions with their images (row b of `images` is caption b's image)."""
+
+    tokens: torch.Tensor  # int64 [B, T], 0-padded, <start> ... <end>
+    lengths: torch.Tensor  # int64 [B]
+    images: torch.Tensor  # float32 [B, D] or [B, 10, D]
+    image_ids: torch.Tensor  # int64 [B], store image row of each caption (positives share it)
+    caption_rows: torch.Tensor  # int64 [B], store caption row (e.g. to gather LSEH semantic vectors)
+
+    def __len__(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """Copy of the batch on `device` (lengths stay on the CPU for pack_padded_sequence)."""
+        return Batch(tokens=self.tokens.to(device), lengths=self.lengths, images=self.images.to(device),
+                     image_ids=self.image_ids.to(device), caption_rows=self.caption_rows)
+
+
+class CaptionBatches(torch.utils.data.Dataset):
+    """Batches of an epoch, indexed by step: `batches.batch(epoch, step)` (also a map-style Dataset).
+
+    Used as a Dataset of whole batches (DataLoader with batch_size=None) when workers > 0:
+    index = epoch * steps_per_epoch + step.
+    """
+
+    def __init__(self, store: object, *, splits: Sequence[str], vocab: Vocabulary, feature_mode: str,
+                 batch_size: int, seed: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.store = store
+        self.kind = store_kind(feature_mode)
+        self.feature_mode = feature_mode
+        self.batch_size = batch_size
+        self.seed = seed
+        self.caption_rows = store.caption_indices(list(splits))
+        if len(self.caption_rows) == 0:
+            raise ValueError(f"no captions with extracted images in splits {list(splits)} of "
+                             f"{getattr(store, 'path', 'the store')}; check the splits and the extraction")
+        self.caption_image_rows = store.caption_image_index[self.caption_rows]
+        self.token_ids = [vocab.encode(tokens) for tokens in caption_tokens(store, self.caption_rows.tolist())]
+        self.steps_per_epoch = -(-len(self.caption_rows) // batch_size)  # the last batch may be short
+
+    @property
+    def num_captions(self) -> int:
+        """Captions per epoch."""
+        return len(self.caption_rows)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Positions (into caption_rows) in the order of `epoch`: a permutation seeded by (seed, epoch)."""
+        return np.random.default_rng([self.seed, epoch, ORDER_STREAM]).permutation(len(self.caption_rows))
+
+    def batch(self, epoch: int, step: int, *, order: np.ndarray | None = None) -> Batch:
+        """Batch `step` (0-based) of `epoch`; pass `order` = epoch_order(epoch) to avoid recomputing it."""
+        if not 0 <= step < self.steps_per_epoch:
+            raise IndexError(f"step {step} outside [0, {self.steps_per_epoch})")
+        order = self.epoch_order(epoch) if order is None else order
+        positions = order[step * self.batch_size:(step + 1) * self.batch_size]
+        image_rows = self.caption_image_rows[positions]
+        crops = None
+        if self.feature_mode == "10c-random":
+            crops = np.random.default_rng([self.seed, epoch, step, CROP_STREAM]).integers(0, NUM_CROPS,
+                                                                                          len(positions))
+        features = read_image_features(self.store.features(self.kind), image_rows,
+                                       feature_mode=self.feature_mode, crop_indices=crops)
+        tokens, lengths = pad_token_ids([self.token_ids[position] for position in positions])
+        return Batch(tokens=tokens, lengths=lengths, images=torch.from_numpy(features),
+                     image_ids=torch.from_numpy(image_rows.astype(np.int64)),
+                     caption_rows=torch.from_numpy(self.caption_rows[positions]))
+
+    def epoch_batches(self, epoch: int, *, start_step: int = 0, workers: int = 0) -> Iterator[Batch]:
+        """Batches start_step.. of `epoch`, in order; `workers` > 0 builds them in DataLoader processes."""
+        if workers <= 0:
+            order = self.epoch_order(epoch)
+            for step in range(start_step, self.steps_per_epoch):
+                yield self.batch(epoch, step, order=order)
+            return
+        first = epoch * self.steps_per_epoch
+        indices = range(first + start_step, first + self.steps_per_epoch)
+        loader = torch.utils.data.DataLoader(self, batch_size=None, sampler=indices, num_workers=workers,
+                                             collate_fn=_keep_batch)
+        yield from loader
+
+    def __getitem__(self, index: int) -> Batch:
+        epoch, step = divmod(int(index), self.steps_per_epoch)
+        return self.batch(epoch, step)

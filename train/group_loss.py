@@ -1,0 +1,110 @@
+"""Dynamic group of hard negatives (Zhang et al., EACL 2023): the loss and its choice of k.
+
+Same batch convention as train/losses.py: sims [B, B], row b = image of caption b, the diagonal is
+each query's positive, pos_mask True for same-image pairs (never negatives). Reference for the exact
+forms: the authors' code, github.com/96-Zachary/vse_2ad, losses.py (ContrastiveLoss.ADCTO).
+Trainer use: k = select_k(mode, sims, pos_mask, ...) then group_hard_negative_loss(sims, pos_mask, k=k);
+log k.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from train.config import GROUP_GAMMA, GROUP_TEMPERATURE, MARGIN
+from train.losses import validate_batch
+
+GROUP_MARGIN = MARGIN  # the authors add the VSE++ margin 0.2 to the negatives' logits
+K_MODES = ("adaptive", "constant", "random")
+
+
+def _check_group_batch(sims: torch.Tensor, pos_mask: torch.Tensor) -> int:
+    validate_batch(sims, pos_mask)
+    if sims.shape[0] < 2:
+        raise ValueError(f"the group loss needs a batch of at least 2 pairs, got {sims.shape[0]}")
+    return sims.shape[0]
+
+
+def _group_cross_entropy(positive: torch.Tensor, negatives: torch.Tensor, *, k: int, temperature: float,
+                         margin: float) -> torch.Tensor:
+    """positive [Q], negatives [Q, N] (-inf = not a negative) -> mean over the Q queries of
+    CE([p, n_1 + margin, ..., n_k + margin] / temperature, target 0) over the k largest negatives."""
+    hardest = negatives.topk(k, dim=1).values  # [Q, k]; -inf slots where a query has < k negatives
+    logits = torch.cat([positive.unsqueeze(1), hardest + margin], dim=1) / temperature  # [Q, 1 + k]
+    targets = torch.zeros(positive.shape[0], dtype=torch.long, device=positive.device)
+    return F.cross_entropy(logits, targets)
+
+
+def group_hard_negative_loss(sims: torch.Tensor, pos_mask: torch.Tensor, *, k: int,
+                             temperature: float = GROUP_TEMPERATURE, margin: float = GROUP_MARGIN) -> torch.Tensor:
+    """Softmax cross-entropy against each query's k hardest negatives, both directions -> scalar.
+
+    For a query q with positive score p_q and its k largest negative scores n_q1 >= ... >= n_qk:
+      l_q = -log( exp(p_q / tau) / (exp(p_q / tau) + sum_j exp((n_qj + margin) / tau)) )
+    Caption retrieval: queries = image rows b, p_b = sims[b, b], negatives sims[b, c], pos_mask False.
+    Image retrieval: queries = captions c, p_c = sims[c, c], negatives sims[b, c], pos_mask False.
+      loss = ( mean_b l_b(caption retrieval) + mean_c l_c(image retrieval) ) / 2   (as the authors)
+    1 <= k <= B - 1. A query with fewer than k negatives (duplicate image rows) uses all it has: the
+    missing slots are -inf logits, which add nothing to the softmax (a query without negatives gives 0).
+    Unlike the authors' code (which zeroes the diagonal and sorts, so a positive can be picked as a
+    "negative" when all negatives score below 0), positives are excluded by -inf.
+    With k = 1 and tau -> 0, tau * l_q -> [margin + n_q1 - p_q]_+, the MH hinge.
+    """
+    batch = _check_group_batch(sims, pos_mask)
+    if not 1 <= k <= batch - 1:
+        raise ValueError(f"k must be in [1, B - 1] = [1, {batch - 1}], got {k}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    positive = sims.diagonal()
+    negatives = sims.masked_fill(pos_mask, float("-inf"))  # [B, C]
+    loss_caption = _group_cross_entropy(positive, negatives, k=k, temperature=temperature, margin=margin)
+    loss_image = _group_cross_entropy(positive, negatives.T, k=k, temperature=temperature, margin=margin)
+    return (loss_caption + loss_image) / 2
+
+
+@torch.no_grad()
+def adaptive_k(sims: torch.Tensor, pos_mask: torch.Tensor, *, gamma: float = GROUP_GAMMA) -> int:
+    """k from the batch's alignment and uniformity (no gradient): sims [B, B] -> int in [1, B - 1].
+
+      align   = mean_b sims[b, b]                         (the sampled positive pairs)
+      uniform = mean over all B * B entries of exp(-s), s = sims with every positive entry set to 0
+                (so positives count exp(0) = 1, as the authors' `uniform` does for the diagonal;
+                 here also for same-image off-diagonal entries)
+      k = clip( floor( cos( (align + uniform) ** gamma ) * B ) + 1, 1, B - 1 )
+    (align + uniform) is clamped at 0 before the power (a negative base has no real power; the
+    authors' code would raise): then cos(0) = 1 and k = B - 1. At random init (all s near 0) the base
+    is near 1 and k is about 0.54 B; well-trained cosine embeddings (positives near 1, negatives near
+    0) give a base near 2, cos(2 ** 1.25) < 0 and k = 1 (MH-like).
+    """
+    batch = _check_group_batch(sims, pos_mask)
+    align = sims.diagonal().double().mean()
+    uniform = torch.exp(-sims.double().masked_fill(pos_mask, 0.0)).mean()
+    base = float(align + uniform)
+    if not math.isfinite(base):
+        raise ValueError(f"adaptive k needs finite similarities, got align + uniform = {base}")
+    k = math.floor(math.cos(max(base, 0.0) ** gamma) * batch) + 1
+    return min(max(k, 1), batch - 1)
+
+
+def select_k(mode: str, sims: torch.Tensor, pos_mask: torch.Tensor, *, k: int | None = None,
+             gamma: float = GROUP_GAMMA, generator: torch.Generator | None = None) -> int:
+    """The number of hard negatives for this batch, by mode -> int in [1, B - 1].
+
+    "adaptive": adaptive_k(sims, pos_mask, gamma=gamma) (the authors' method).
+    "constant": k (required, >= 1), capped at B - 1 so a small last batch still works.
+    "random":   uniform in [1, B - 1], drawn with `generator` (CPU; None = torch's global RNG, so a
+                checkpoint that restores RNG states resumes the same draws).
+    """
+    batch = _check_group_batch(sims, pos_mask)
+    if mode == "adaptive":
+        return adaptive_k(sims, pos_mask, gamma=gamma)
+    if mode == "constant":
+        if k is None or k < 1:
+            raise ValueError(f"k mode 'constant' needs k >= 1, got {k}")
+        return min(k, batch - 1)
+    if mode == "random":
+        return int(torch.randint(1, batch, (1,), generator=generator).item())
+    raise ValueError(f"unknown k mode {mode!r}; valid: {', '.join(K_MODES)}")

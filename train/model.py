@@ -1,0 +1,169 @@
+"""VSE model: GRU caption encoder, image head over precomputed features, both L2-normalised.
+
+The model returns embeddings only; losses live in train/losses.py and the loop in train/trainer.py.
+Image side = ImageEncoder(head, backbone=None): train uses precomputed features (no backbone);
+finetune puts a CNN in front of the *same* ImageHead with `ImageEncoder.set_backbone`, so a train
+checkpoint's head weights load unchanged. InfoNCE's learnable temperature is `VSEModel.logit_scale`,
+present only when built with `learn_logit_scale=True` (loss "infonce"), so every other model has no
+parameter that never gets a gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from train import pooling
+from train.config import IMAGE_POOLS, TEXT_POOLS, TrainConfig
+
+WORD_INIT_RANGE = 0.1  # reference: word embeddings uniform in [-0.1, 0.1]
+INFONCE_INIT_TEMPERATURE = 0.07  # CLIP's initial temperature; logit_scale = log(1 / T)
+INFONCE_MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the scale at 100
+
+
+def xavier_linear(in_features: int, out_features: int) -> nn.Linear:
+    """Linear layer with the reference's Xavier init: uniform(+-sqrt(6)/sqrt(in+out)), bias 0."""
+    layer = nn.Linear(in_features, out_features)
+    bound = math.sqrt(6.0) / math.sqrt(in_features + out_features)
+    nn.init.uniform_(layer.weight, -bound, bound)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _set_pool(kind: str, dim: int, choices: tuple[str, ...], what: str) -> nn.Module | None:
+    if kind not in choices:
+        raise ValueError(f"unknown {what} {kind!r}; valid: {', '.join(choices)}")
+    if kind == "adaptive":
+        return pooling.AdaptivePooling(dim)
+    if kind == "gpo":
+        return pooling.GPO(dim)
+    return None
+
+
+class TextEncoder(nn.Module):
+    """Token ids [B, T] + lengths [B] -> L2-normalised caption embeddings [B, E].
+
+    Embedding(vocab, word_dim) -> GRU(word_dim, E, 1 layer) over packed sequences -> pooling of the
+    GRU states: "last" = state at each caption's true last token (the paper), "mean", "adaptive", "gpo"
+    -> optional linear caption head -> L2 norm.
+    """
+
+    def __init__(self, vocab_size: int, *, word_dim: int, embed_dim: int, text_pool: str = "last",
+                 caption_head: bool = False) -> None:
+        super().__init__()
+        self.text_pool = text_pool
+        self.pool = _set_pool(text_pool, embed_dim, TEXT_POOLS, "text pool")
+        self.embed = nn.Embedding(vocab_size, word_dim)
+        nn.init.uniform_(self.embed.weight, -WORD_INIT_RANGE, WORD_INIT_RANGE)
+        self.gru = nn.GRU(word_dim, embed_dim, num_layers=1, batch_first=True)
+        self.head = xavier_linear(embed_dim, embed_dim) if caption_head else None
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """tokens int64 [B, T] (0-padded), lengths [B] (>= 1) -> [B, E]."""
+        lengths_cpu = lengths.detach().to("cpu", torch.int64)  # pack_padded_sequence wants CPU lengths
+        packed = pack_padded_sequence(self.embed(tokens), lengths_cpu, batch_first=True, enforce_sorted=False)
+        packed_states, last_state = self.gru(packed)
+        if self.text_pool == "last":
+            pooled = last_state[-1]  # [B, E], in the input order (enforce_sorted=False unsorts h_n)
+        else:
+            states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=tokens.shape[1])
+            lengths_dev = lengths.to(states.device)
+            pooled = pooling.masked_mean(states, lengths_dev) if self.pool is None else self.pool(states, lengths_dev)
+        if self.head is not None:
+            pooled = self.head(pooled)
+        return F.normalize(pooled, dim=-1)
+
+
+class ImageHead(nn.Module):
+    """Image features [B, D] or a crop set [B, K, D] -> image embeddings [B, E].
+
+    Each feature vector is projected by Linear(D, E) (Xavier init); a set is then pooled over K by
+    image_pool ("mean", or "adaptive" of Zhang et al.); then L2 norm unless no_imgnorm. Projecting then
+    mean-pooling equals mean-pooling then projecting (linear), so "10c" and "10c-set"+"mean" agree.
+    """
+
+    def __init__(self, feature_dim: int, *, embed_dim: int, image_pool: str = "mean",
+                 no_imgnorm: bool = False) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.fc = xavier_linear(feature_dim, embed_dim)
+        self.pool = _set_pool(image_pool, embed_dim, IMAGE_POOLS, "image pool")
+        self.no_imgnorm = no_imgnorm
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, D] or [B, K, D] float -> [B, E]."""
+        if features.shape[-1] != self.feature_dim or features.dim() not in (2, 3):
+            raise ValueError(f"image features of shape {tuple(features.shape)} do not fit this head "
+                             f"([B, {self.feature_dim}] or [B, K, {self.feature_dim}])")
+        projected = self.fc(features)
+        if projected.dim() == 3:  # [B, K, E] -> [B, E]
+            lengths = torch.full((projected.shape[0],), projected.shape[1], dtype=torch.int64,
+                                 device=projected.device)
+            projected = projected.mean(dim=1) if self.pool is None else self.pool(projected, lengths)
+        return projected if self.no_imgnorm else F.normalize(projected, dim=-1)
+
+
+class ImageEncoder(nn.Module):
+    """Optional backbone (a CNN for finetune: images -> [B, D]) followed by an ImageHead."""
+
+    def __init__(self, head: ImageHead, backbone: nn.Module | None = None) -> None:
+        super().__init__()
+        self.head = head
+        self.backbone = backbone
+
+    def set_backbone(self, backbone: nn.Module | None) -> None:
+        """Put a CNN (returning [B, D], D = head.feature_dim) in front of the head, or remove it."""
+        self.backbone = backbone
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Precomputed features (no backbone) or images (with a backbone) -> [B, E]."""
+        features = inputs if self.backbone is None else self.backbone(inputs)
+        return self.head(features)
+
+
+class VSEModel(nn.Module):
+    """Image and caption encoders into one joint space; returns embeddings, never a loss."""
+
+    def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder, *, abs_embeddings: bool = False,
+                 learn_logit_scale: bool = False) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.abs_embeddings = abs_embeddings
+        self.logit_scale = (nn.Parameter(torch.tensor(math.log(1.0 / INFONCE_INIT_TEMPERATURE)))
+                            if learn_logit_scale else None)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Features [B, D] / [B, K, D] (or images, with a backbone) -> image_emb [B, E]."""
+        image_emb = self.image_encoder(images)
+        return image_emb.abs() if self.abs_embeddings else image_emb
+
+    def encode_captions(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, T] and lengths [B] -> caption_emb [B, E]."""
+        caption_emb = self.text_encoder(tokens, lengths)
+        return caption_emb.abs() if self.abs_embeddings else caption_emb
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor,
+                lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (image_emb [B, E], caption_emb [B, E])."""
+        return self.encode_images(images), self.encode_captions(tokens, lengths)
+
+    def infonce_scale(self) -> torch.Tensor:
+        """exp(logit_scale) clamped at 100 (CLIP); only for models built with learn_logit_scale."""
+        if self.logit_scale is None:
+            raise ValueError("this model has no logit scale; build it with loss 'infonce'")
+        return self.logit_scale.clamp(max=INFONCE_MAX_LOGIT_SCALE).exp()
+
+
+def build_model(config: TrainConfig, *, vocab_size: int, feature_dim: int) -> VSEModel:
+    """The VSE model of `config` for precomputed features of size `feature_dim` (no backbone)."""
+    head = ImageHead(feature_dim, embed_dim=config.embed_dim, image_pool=config.image_pool,
+                     no_imgnorm=config.no_imgnorm)
+    text = TextEncoder(vocab_size, word_dim=config.word_dim, embed_dim=config.embed_dim,
+                       text_pool=config.text_pool, caption_head=config.caption_head)
+    return VSEModel(ImageEncoder(head), text, abs_embeddings=config.abs_embeddings,
+                    learn_logit_scale=config.loss == "infonce")
