@@ -75,12 +75,13 @@ def shard_rows(num_images: int, shard: str) -> np.ndarray:
 
 
 def store_attrs(cfg: ExtractConfig, backbone: FeatureBackbone, *, weights_name: str, weights_sha256: str) -> dict:
-    """Root attributes of the store (the writer adds schema_version, crops, dtype, feature_dim, created)."""
+    """Root attributes of the store; the writer adds schema_version, feature_dim and created."""
     if weights_name == NO_WEIGHTS:  # the seed decides random-init features, so it is part of the config
         weights_name = f"none (random init, seed {cfg.seed})"
     return {"backbone": cfg.backbone, "layer": backbone.layer_name, "weights_name": weights_name,
             "weights_sha256": weights_sha256, "resize": RESIZE, "crop": CROP, "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD), "torch_version": str(torch.__version__),
+            "std": list(IMAGENET_STD), "crops": cfg.crops,
+            "dtype": cfg.dtype, "torch_version": str(torch.__version__),
             "torchvision_version": str(torchvision.__version__), "h5py_version": str(h5py.__version__),
             "command": " ".join(sys.argv), "image_root": str(Path(cfg.image_root).resolve()),
             "dataset_path": str(Path(cfg.dataset).resolve()), "shard": cfg.shard}

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_DIM = 400
 # Power iterations of the randomized SVD. The authors' script uses 100; the leading subspace has
 # converged long before that for a TF-IDF matrix, and the vectors only scale a margin term of weight
-# lambda = 0.025, so we keep a one-off fit on COCO within minutes on CPU.
+# lambda = 0.025; each iteration costs two dense factorisations of a [num_captions, dim + 10] matrix.
 SVD_N_ITER = 10
 # Tokens shorter than this are dropped: the authors feed their stemmed text to sklearn's default
 # token pattern (\b\w\w+\b), which keeps words of two or more characters.
@@ -39,7 +39,7 @@ _NON_LETTERS = re.compile(r"[^a-z]+")
 # this list after stemming, and it needs no data download.
 _STOP_WORDS: frozenset[str] = frozenset(ENGLISH_STOP_WORDS)
 # The original Porter (1980) algorithm, pure Python. The authors use NLTK's PorterStemmer, whose
-# default mode adds a few extensions (e.g. "dying" -> "die" here "dy"); both map inflections of the
+# default mode adds a few extensions (e.g. "dying": NLTK "die", here "dy"); both map inflections of the
 # caption vocabulary ("running dogs" -> "run dog") the same way.
 _STEMMER = snowballstemmer.stemmer("porter")
 

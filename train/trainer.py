@@ -187,8 +187,9 @@ class Trainer:
     def apply_learning_rate(self) -> float:
         """Set every group's lr for the current epoch; return the first group's."""
         for group in self.optimizer.param_groups:
-            group["lr"] = schedule.learning_rate(self.epoch, group["base_lr"], self.config.lr_decay_epochs,
-                                                 LR_DECAY_FACTOR)
+            group["lr"] = schedule.learning_rate(self.epoch, base_lr=group["base_lr"],
+                                                 decay_epochs=self.config.lr_decay_epochs,
+                                                 decay_factor=LR_DECAY_FACTOR)
         return self.optimizer.param_groups[0]["lr"]
 
     def train_step(self, batch: Batch) -> tuple[float, int | None]:

@@ -29,10 +29,10 @@ def write_karpathy_json(path: Path, image_names: list[str], splits: list[str] | 
 
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> tuple[Path, Path]:
-    """(dataset JSON, image root) with 7 small RGB JPEGs."""
+    """(dataset JSON, image root) with 4 small RGB JPEGs of different sizes."""
     root = tmp_path / "root"
     (root / "imgs").mkdir(parents=True)
-    names = [f"im{i}.jpg" for i in range(7)]
+    names = [f"im{i}.jpg" for i in range(4)]
     for i, name in enumerate(names):
         write_rgb_jpeg(root / "imgs" / name, seed=i, size=(40 + 3 * i, 30 + 2 * i))
     return write_karpathy_json(tmp_path / "dataset.json", names), root
