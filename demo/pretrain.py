@@ -86,9 +86,6 @@ def _center_crops(pixels: torch.Tensor, crop: int) -> torch.Tensor:
 
 def _build(backbone: str, classes: dict[str, list[Any]]) -> tuple[nn.Module, nn.Module, nn.ModuleDict]:
     """(full torchvision model, its pooled-feature trunk sharing the same modules, one linear head per attribute)."""
-    if backbone not in SUPPORTED_BACKBONES:
-        raise ValueError(f"backbone={backbone!r} is not supported for demo pretraining; use one of "
-                         f"{SUPPORTED_BACKBONES}")
     model = torchvision.models.get_model(backbone, weights=None)  # keeps its 1000-way fc, saved untouched
     trunk = nn.Sequential(*list(model.children())[:-1], nn.Flatten(1))  # [B, 3, H, W] -> [B, D]
     heads = nn.ModuleDict({name: nn.Linear(model.fc.in_features, len(values)) for name, values in classes.items()})
@@ -149,6 +146,9 @@ def pretrain_demo_backbone(
         raise FileNotFoundError(f"dataset JSON {dataset_json} does not exist; run generate_demo_dataset first")
     if not image_root.is_dir():
         raise FileNotFoundError(f"image root {image_root} is not a directory")
+    if backbone not in SUPPORTED_BACKBONES:
+        raise ValueError(f"backbone={backbone!r} is not supported for demo pretraining; use one of "
+                         f"{SUPPORTED_BACKBONES}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs={epochs} and batch_size={batch_size} must both be >= 1")
     if resolution < 32:

@@ -258,7 +258,9 @@ class Trainer:
                                                         workers=self.config.workers):
                     epoch = self.epoch
                     loss, k = self.train_step(batch)
-                    self.step, self.step_in_epoch, window_steps = self.step + 1, self.step_in_epoch + 1, window_steps + 1
+                    self.step += 1
+                    self.step_in_epoch += 1
+                    window_steps += 1
                     self._running_loss = loss if self._running_loss is None else (
                         RUNNING_LOSS_DECAY * self._running_loss + (1 - RUNNING_LOSS_DECAY) * loss)
                     bar.update(1)

@@ -36,7 +36,7 @@ def test_random_init_is_seeded_and_leaves_global_rng_alone() -> None:
     second = build_backbone("resnet18", seed=3).state_dict()
     other = build_backbone("resnet18", seed=4).state_dict()
     assert all(torch.equal(first[key], second[key]) for key in first)
-    assert not torch.equal(first["conv1.weight"], other["conv1.weight"])
+    assert not torch.equal(first["net.conv1.weight"], other["net.conv1.weight"])
 
 
 def test_unknown_backbone() -> None:

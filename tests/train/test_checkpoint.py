@@ -37,7 +37,8 @@ def test_round_trip_restores_weights_optimizer_and_rng(tmp_path: Path):
     checkpoint = load_checkpoint(tmp_path / "last.pt", expected_kind="train")
     restore_training_state(checkpoint, model=other, optimizer=other_optimizer, scaler=None)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
-    assert torch.equal(other_optimizer.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    exp_avg = [opt.state_dict()["state"][0]["exp_avg"] for opt in (optimizer, other_optimizer)]
+    assert torch.equal(*exp_avg)
     assert (checkpoint["epoch"], checkpoint["step"], checkpoint["step_in_epoch"]) == (1, 7, 3)
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected
 
