@@ -165,7 +165,16 @@ def _make_command(stage: str, spec: StageSpec) -> click.Command:
     for field in reversed(dataclasses.fields(config_cls)):
         if field.metadata.get("cli", True):
             command = _option_for(field, hints[field.name])(command)
+    presets = _presets_of(spec)
+    if presets:
+        command = click.option("--preset", type=click.Choice(sorted(presets)), default=None,
+                               help="a named setting of the papers; explicit options win over it")(command)
     return command
+
+
+def _presets_of(spec: StageSpec) -> dict[str, dict]:
+    """PRESETS (name -> field overrides) of the module that defines the stage's config, if any."""
+    return getattr(importlib.import_module(spec.config.split(":")[0]), "PRESETS", {})
 
 
 # ---------------------------------------------------------------- the chain
@@ -197,11 +206,15 @@ def _build_configs(steps: list[tuple[str, dict]], file_sections: dict[str, dict]
         spec = STAGES[stage]
         config_cls = _load(spec.config)
         names = {f.name for f in dataclasses.fields(config_cls)}
-        file_values = file_sections.get(stage, {})
-        unknown = sorted(set(file_values) - names)
+        file_values = dict(file_sections.get(stage, {}))
+        unknown = sorted(set(file_values) - names - {"preset"})
         if unknown:
             raise ValueError(f"config file section '{stage}' has unknown option(s) {unknown}")
         values = {field: artifacts[art] for field, art in spec.consumes.items() if art in artifacts}
+        cli_values = dict(cli_values)
+        preset = cli_values.pop("preset", None) or file_values.pop("preset", None)
+        if preset:
+            values.update(_presets_of(spec)[preset])
         values.update(_coerce(config_cls, file_values))
         values.update(_coerce(config_cls, cli_values))
         missing = [f.name for f in dataclasses.fields(config_cls)
@@ -264,7 +277,7 @@ def _run_chain(ctx: click.Context, steps: list[tuple[str, dict]], config_file: s
         except KeyboardInterrupt:
             click.echo("interrupted: rerun the same command to resume", err=True)
             ctx.exit(130)
-        except RuntimeError as err:  # a stage that finished but must report failure (e.g. extract --strict)
+        except _load("extract.run:ExtractFailures") as err:  # --strict and some images could not be read
             click.echo(f"error: {err}", err=True)
             ctx.exit(1)
 

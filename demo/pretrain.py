@@ -23,8 +23,8 @@ SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_PER_CROP = 256 / 224  # the extraction's resize 256 -> crop 224, kept at any training resolution
-DEFAULT_EPOCHS = 8
-DEFAULT_RESOLUTION = 128
+DEFAULT_EPOCHS = 6  # 400 images: colour, count, size, background, position learned; shape not yet
+DEFAULT_RESOLUTION = 96  # training crop side; extraction uses 224
 
 
 @dataclass
@@ -35,10 +35,14 @@ class LabelledImages:
     labels: dict[str, torch.Tensor]  # attribute -> int64 [N] class index
 
 
-def _load_split(dataset: dict[str, Any], image_root: Path, *, split: str, side: int) -> LabelledImages:
-    """Decode the images of `split`, resize them to `side` x `side`, and map their attributes to class indices."""
+def _load_split(dataset: dict[str, Any], image_root: Path, *, split: str, side: int,
+                rows: list[int] | None = None) -> LabelledImages:
+    """Decode the images of `split` (only its `rows`, if given), resize them to `side` x `side`, and map their
+    attributes to class indices."""
     classes = dataset["attribute_classes"]
     records = [image for image in dataset["images"] if image["split"] == split]
+    if rows is not None:
+        records = [records[row] for row in rows]
     pixels = torch.empty((len(records), 3, side, side), dtype=torch.uint8)
     labels = {name: torch.empty(len(records), dtype=torch.int64) for name in classes}
     for row, record in enumerate(records):
@@ -111,6 +115,81 @@ def _accuracy(trunk: nn.Module, heads: nn.ModuleDict, data: LabelledImages, *, c
     return {name: count / len(data.pixels) for name, count in correct.items()}
 
 
+@torch.no_grad()
+def _recalibrate_batchnorm(trunk: nn.Module, pixels: torch.Tensor, *, device: torch.device, batch_size: int) -> None:
+    """Recompute every BatchNorm's running mean/var on center crops at extraction's geometry (256 -> 224).
+
+    Training at a lower resolution leaves statistics of smaller objects; features extracted at 224 then
+    drift (the train/test resolution discrepancy). A forward pass in train mode with momentum=None
+    replaces them with a plain average over `pixels` (uint8 [N, 3, 256, 256]); no weight changes.
+    """
+    norms = [m for m in trunk.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over all batches
+    trunk.train()
+    for start in range(0, len(pixels), batch_size):
+        trunk(_normalise(_center_crops(pixels[start:start + batch_size], 224), device))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+
+
+def _majority_baseline(train: LabelledImages, val: LabelledImages) -> dict[str, float]:
+    """Val accuracy of always predicting each attribute's most frequent train class."""
+    return {name: float((val.labels[name] == torch.bincount(labels).argmax()).float().mean())
+            for name, labels in train.labels.items()}
+
+
+def _train(trunk: nn.Module, heads: nn.ModuleDict, train: LabelledImages, *, epochs: int, batch_size: int,
+           resolution: int, learning_rate: float, generator: torch.Generator, device: torch.device,
+           desc: str) -> None:
+    """AdamW + one-cycle schedule on the summed cross-entropy of all heads, random crops of `resolution`."""
+    parameters = [*trunk.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=1e-4)
+    steps_per_epoch = -(-len(train.pixels) // batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, pct_start=0.2,
+                                                    total_steps=epochs * steps_per_epoch)
+    progress = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="batch")
+    for epoch in range(epochs):
+        trunk.train()
+        heads.train()
+        order = torch.randperm(len(train.pixels), generator=generator)
+        loss_sum = 0.0
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            images = _normalise(_random_crops(train.pixels[rows], resolution, generator), device)
+            features = trunk(images)
+            loss = sum(F.cross_entropy(head(features), train.labels[name][rows].to(device))
+                       for name, head in heads.items())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(rows)
+            progress.update(1)
+            progress.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        logger.info("epoch %d/%d: mean loss %.4f (summed over %d heads)", epoch + 1, epochs,
+                    loss_sum / len(order), len(heads))
+    progress.close()
+
+
+def _validate(trunk: nn.Module, heads: nn.ModuleDict, train: LabelledImages, val: LabelledImages, *,
+              resolution: int, device: torch.device, batch_size: int) -> dict[str, dict[str, float]]:
+    """Val accuracy per attribute: majority baseline, at the training geometry, and at extraction's 256 -> 224."""
+    if len(val.pixels) == 0:
+        logger.warning("no val images: held-out accuracy not measured")
+        return {}
+    val_accuracy = {"majority_baseline": _majority_baseline(train, val)}
+    resize = round(resolution * RESIZE_PER_CROP)
+    for crop, resize_to in sorted({(resolution, resize), (224, 256)}):
+        val_accuracy[f"{resize_to}to{crop}"] = _accuracy(trunk, heads, val, crop=crop, resize=resize_to,
+                                                          device=device, batch_size=batch_size)
+    for geometry, accuracy in val_accuracy.items():
+        logger.info("val accuracy (%s): %s", geometry, ", ".join(f"{n} {a:.2f}" for n, a in accuracy.items()))
+    return val_accuracy
+
+
 def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
     tmp_path = path.with_name(path.name + ".tmp")
     torch.save(state, tmp_path)
@@ -127,6 +206,7 @@ def pretrain_demo_backbone(
     batch_size: int = 32,
     resolution: int = DEFAULT_RESOLUTION,
     learning_rate: float = 2e-3,
+    bn_recalibration_images: int = 128,
     seed: int = 0,
     device: str = "cpu",
 ) -> Path:
@@ -136,7 +216,9 @@ def pretrain_demo_backbone(
     The trunk's pooled features feed one linear head per attribute (colour, shape, count, size, background,
     position and the second object's colour/shape/size); the loss is the sum of their cross-entropies.
     Images are resized to resolution*256/224 and randomly cropped to `resolution` with a random flip: the
-    geometry of extraction (resize 256, crop 224) scaled down, since 224 is too slow on a small CPU.
+    geometry of extraction (resize 256, crop 224) scaled down, since 224 is too slow on a small CPU; then
+    the BatchNorm statistics are recomputed on `bn_recalibration_images` train images at 256 -> 224 (0 = off),
+    so that the saved weights suit extraction's geometry.
     The saved file is the plain torchvision state_dict (the untouched 1000-way fc included), so
     `torchvision.models.<backbone>().load_state_dict(torch.load(path))` works strictly. A JSON beside it
     (same name, `.json`) records the settings, the time taken and the val accuracies.
@@ -151,6 +233,8 @@ def pretrain_demo_backbone(
                          f"{SUPPORTED_BACKBONES}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs={epochs} and batch_size={batch_size} must both be >= 1")
+    if bn_recalibration_images < 0:
+        raise ValueError(f"bn_recalibration_images={bn_recalibration_images} must be >= 0 (0 = off)")
     if resolution < 32:
         raise ValueError(f"resolution={resolution} is too small for a ResNet; use >= 32 (224 = extraction's)")
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
@@ -177,53 +261,27 @@ def pretrain_demo_backbone(
     model, trunk, heads = _build(backbone, classes)
     model.to(torch_device, memory_format=torch.channels_last)
     heads.to(torch_device)
-    parameters = [*trunk.parameters(), *heads.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=1e-4)
-    steps_per_epoch = -(-len(train.pixels) // batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, pct_start=0.2,
-                                                    total_steps=epochs * steps_per_epoch)
-    progress = tqdm(total=epochs * steps_per_epoch, desc=f"pretrain {backbone}", unit="batch")
-    for epoch in range(epochs):
-        trunk.train()
-        heads.train()
-        order = torch.randperm(len(train.pixels), generator=generator)
-        loss_sum = 0.0
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            images = _normalise(_random_crops(train.pixels[rows], resolution, generator), torch_device)
-            features = trunk(images)
-            loss = sum(F.cross_entropy(head(features), train.labels[name][rows].to(torch_device))
-                       for name, head in heads.items())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(loss) * len(rows)
-            progress.update(1)
-            progress.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}")
-        logger.info("epoch %d/%d: mean loss %.4f (summed over %d heads)", epoch + 1, epochs,
-                    loss_sum / len(order), len(heads))
-    progress.close()
+    _train(trunk, heads, train, epochs=epochs, batch_size=batch_size, resolution=resolution,
+           learning_rate=learning_rate, generator=generator, device=torch_device, desc=f"pretrain {backbone}")
+
+    if bn_recalibration_images:
+        # A fixed, seeded subset of train images decoded again at full size.
+        subset = torch.randperm(len(train.pixels), generator=generator)[:bn_recalibration_images].sort().values
+        full_size = _load_split(dataset, image_root, split="train", side=256, rows=subset.tolist())
+        _recalibrate_batchnorm(trunk, full_size.pixels, device=torch_device, batch_size=batch_size)
+        logger.info("recalibrated BatchNorm statistics on %d train images at 256 -> 224", len(subset))
     train_seconds = time.perf_counter() - started
 
-    val_accuracy: dict[str, dict[str, float]] = {}
-    if len(val.pixels):
-        for crop, resize_to in {(resolution, resize), (224, 256)}:  # training geometry and extraction's
-            val_accuracy[f"{resize_to}to{crop}"] = _accuracy(trunk, heads, val, crop=crop, resize=resize_to,
-                                                              device=torch_device, batch_size=batch_size)
-        for geometry, accuracy in sorted(val_accuracy.items()):
-            logger.info("val accuracy (resize/crop %s): %s", geometry,
-                        ", ".join(f"{name} {acc:.2f} (chance {1 / len(classes[name]):.2f})"
-                                  for name, acc in accuracy.items()))
-    else:
-        logger.warning("no val images: held-out accuracy not measured")
+    val_accuracy = _validate(trunk, heads, train, val, resolution=resolution, device=torch_device,
+                             batch_size=batch_size)
 
     out_weights.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     _save_atomic(state, out_weights)
     summary = {
         "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "resolution": resolution,
-        "resize": resize, "learning_rate": learning_rate, "seed": seed, "device": device,
+        "resize": resize, "learning_rate": learning_rate,
+        "bn_recalibration_images": bn_recalibration_images, "seed": seed, "device": device,
         "dataset_json": str(dataset_json), "num_train": len(train.pixels), "num_val": len(val.pixels),
         "seconds": round(train_seconds, 1), "torch_threads": torch.get_num_threads(),
         "val_accuracy": val_accuracy,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import sys
 import time
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 import torchvision
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from extract.backbones import FeatureBackbone, build_backbone
@@ -101,14 +103,11 @@ def _open_store(cfg: ExtractConfig, dataset: DatasetIndex, attrs: dict, feature_
                                      dtype=cfg.dtype)
 
 
-def _extract_rows(cfg: ExtractConfig, model: nn.Module, writer: FeatureStoreWriter, loader, *,
+def _extract_rows(cfg: ExtractConfig, model: nn.Module, writer: FeatureStoreWriter, loader: DataLoader, *,
                   device: torch.device, progress: tqdm) -> int:
     """Run the CNN over the loader's batches and write them; return the number of rows handled."""
     handled = 0
-    for batch_number, batch in enumerate(loader):
-        if cfg.max_batches is not None and batch_number >= cfg.max_batches:
-            logger.info("stopping after %d batches (max_batches)", cfg.max_batches)
-            break
+    for batch in itertools.islice(loader, cfg.max_batches):  # max_batches None = all batches
         if batch.failed_indices:
             for index, error in zip(batch.failed_indices, batch.errors):
                 logger.warning("image row %d failed: %s", index, error)
@@ -120,6 +119,8 @@ def _extract_rows(cfg: ExtractConfig, model: nn.Module, writer: FeatureStoreWrit
             writer.write_rows(batch.indices.numpy(), center, feats if cfg.crops == 10 else None)
         handled += len(batch)
         progress.update(len(batch))
+    if cfg.max_batches is not None and handled < len(loader.dataset):
+        logger.info("stopped after %d batches (max_batches); rerun without it to finish", cfg.max_batches)
     return handled
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,6 @@ def awkward_images(tmp_path: Path) -> tuple[dict[str, Path], dict[str, Path]]:
 
 
 @pytest.fixture
-def karpathy_json_writer():
+def karpathy_json_writer() -> Callable[..., Path]:
     """The function write_karpathy_json(path, image_names, splits=None), for tests that build their own JSON."""
     return write_karpathy_json

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -14,6 +15,7 @@ from torchvision import models
 
 from extract.config import ExtractConfig, config_json_path
 from extract.loader import to_rgb
+from extract import run as extract_run
 from extract.run import ExtractFailures, run_extract
 from extract.transforms import ten_crop_normalized
 
@@ -73,7 +75,30 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_dataset: tuple[Path,
     assert run_extract(make_config(dataset, root, tmp_path / "resumed.h5", crops=1))["processed"] == 0
 
 
-def test_bad_files_are_marked_failed_and_run_goes_on(awkward_images: tuple[dict, dict], karpathy_json_writer,
+def test_keyboard_interrupt_leaves_resumable_store(tiny_dataset: tuple[Path, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    dataset, root = tiny_dataset
+    out = tmp_path / "store.h5"
+    real_embed, calls = extract_run.embed_crops, []
+
+    def interrupt_second_batch(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_embed(*args, **kwargs)
+
+    monkeypatch.setattr(extract_run, "embed_crops", interrupt_second_batch)
+    with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):
+        run_extract(make_config(dataset, root, out, crops=1, batch_size=2))
+    assert "2 of 4 images done" in caplog.text and "rerun the same command to resume" in caplog.text
+    assert read_features(out)["images/status"].tolist() == [1, 1, 0, 0]
+    monkeypatch.setattr(extract_run, "embed_crops", real_embed)
+    assert run_extract(make_config(dataset, root, out, crops=1, batch_size=2))["processed"] == 2
+
+
+def test_bad_files_are_marked_failed_and_run_goes_on(awkward_images: tuple[dict, dict],
+                                                     karpathy_json_writer: Callable[..., Path],
                                                      tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     good, broken = awkward_images
     names = [path.name for path in list(good.values()) + list(broken.values())]

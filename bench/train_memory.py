@@ -1,0 +1,309 @@
+"""Benchmark (b): peak RSS of one training epoch on a ~2 GB 10C store vs a ~200 MB one (goal: ratio <= 1.2).
+
+    python bench/train_memory.py                        # 2000 MB vs 200 MB of features/10c, then delete both
+    python bench/train_memory.py --big-mb 1000 --small-mb 100 --keep --readers memmap
+
+Two synthetic stores (random float32 10C features, 5 captions of 12 words per image, `--val-images` of
+them in the val split) are written with FeatureStoreWriter under --dir. Each measurement is one fresh
+child process (`--child`) running the real `run_train` for one epoch (feature mode 10c, so every train
+image row is read, ~5 times; validation reads the val rows): same model, same batch size, same
+vocabulary size, only the number of images (and so of captions and steps) differs. The child checks that
+it read every image row and reports, from /proc/self/status: VmHWM (the kernel's exact peak RSS), and the
+peaks of RssAnon (anonymous memory: Python objects, arrays, torch) and RssFile (file-backed pages mapped
+in the process, i.e. the memmap's page-cache pages) sampled every 10 ms by a thread.
+
+`--readers` chooses how the child reads feature rows: "memmap" is the code as shipped (FeatureStore's
+np.memmap); "madvise" and "pread" are candidate fixes patched in by this benchmark only: the same rows
+read through an mmap that is madvise(MADV_DONTNEED)-ed after each batch, or os.preadv into a fresh array.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from features.datasets import DatasetIndex  # noqa: E402
+from features.store import FeatureStoreWriter, contiguous_runs  # noqa: E402
+
+CROPS = 10
+WORDS_PER_CAPTION = 12
+STORE_ATTRS = {
+    "backbone": "synthetic", "layer": "none", "weights_name": None, "weights_sha256": None,
+    "resize": 256, "crop": 224, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+    "torch_version": "bench", "torchvision_version": "bench", "command": "bench/train_memory.py",
+    "image_root": "/nowhere", "dataset_path": "/nowhere/dataset.json",
+}
+READERS = ("memmap", "madvise", "pread")
+MIB = 2 ** 20
+
+
+# -- stores ------------------------------------------------------------------------------------------
+def images_for_megabytes(megabytes: float, feature_dim: int) -> int:
+    """Number of images whose features/10c float32 array is `megabytes` (1e6 bytes) large."""
+    return max(2, round(megabytes * 1e6 / (CROPS * feature_dim * 4)))
+
+
+def synthetic_dataset(num_images: int, *, val_images: int, captions_per_image: int, vocab_words: int,
+                      seed: int) -> DatasetIndex:
+    """Images img/000000.jpg.. (the last `val_images` in val), captions of random words w0..w{vocab_words-1}."""
+    rng = np.random.default_rng(seed)
+    num_captions = num_images * captions_per_image
+    word_ids = rng.integers(0, vocab_words, (num_captions, WORDS_PER_CAPTION))
+    return DatasetIndex(
+        image_paths=[f"img/{row:06d}.jpg" for row in range(num_images)],
+        image_splits=["train"] * (num_images - val_images) + ["val"] * val_images,
+        caption_texts=[" ".join(f"w{word}" for word in row) for row in word_ids.tolist()],
+        caption_tokens=None,
+        caption_image_index=np.repeat(np.arange(num_images, dtype=np.int64), captions_per_image))
+
+
+def write_store(path: Path, num_images: int, *, feature_dim: int, args: argparse.Namespace) -> None:
+    """A complete float32 10C store of random features, written in chunks of 512 rows."""
+    dataset = synthetic_dataset(num_images, val_images=args.val_images, captions_per_image=args.captions_per_image,
+                                vocab_words=args.vocab_words, seed=0)
+    rng = np.random.default_rng(1)
+    with FeatureStoreWriter.create(path, dataset, attrs=STORE_ATTRS, feature_dim=feature_dim, crops=CROPS,
+                                   dtype="float32") as writer:
+        for begin in range(0, num_images, 512):
+            rows = np.arange(begin, min(begin + 512, num_images))
+            feats_10c = rng.standard_normal((len(rows), CROPS, feature_dim), dtype=np.float32)
+            writer.write_rows(rows, feats_10c[:, 4], feats_10c)
+
+
+def store_is_complete(path: Path, num_images: int, feature_dim: int) -> bool:
+    from features.reader import FeatureStore
+
+    try:
+        with FeatureStore(path) as store:
+            return (store.num_images == num_images and store.feature_dim == feature_dim and store.crops == CROPS
+                    and store.summary()["done"] == num_images)
+    except (OSError, ValueError):
+        return False
+
+
+# -- child: one epoch, measured ------------------------------------------------------------------------
+def proc_status_kib() -> dict[str, int]:
+    """VmHWM, VmRSS, RssAnon, RssFile, RssShmem of this process in KiB."""
+    values = {}
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                values[key] = int(rest.split()[0])
+    return values
+
+
+class PeakSampler(threading.Thread):
+    """Samples RssAnon and RssFile every `interval` s; their peaks (VmHWM is the exact total peak)."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.stopped = interval, threading.Event()
+        self.peak = {"RssAnon": 0, "RssFile": 0}
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            status = proc_status_kib()
+            for key in self.peak:
+                self.peak[key] = max(self.peak[key], status[key])
+
+
+class MadviseRows:
+    """Rows of one contiguous dataset through an mmap whose pages are dropped from the process after each read."""
+
+    def __init__(self, path: str, *, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        with open(path, "rb") as file:
+            self.mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        self.array = np.frombuffer(self.mapping, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        block = self.array[rows]  # fancy indexing copies
+        self.mapping.madvise(mmap.MADV_DONTNEED)  # unmap the pages just read; they stay in the page cache
+        return block
+
+
+class PreadRows:
+    """Rows of one contiguous dataset read with os.preadv into a fresh array (no mapping at all)."""
+
+    def __init__(self, path: str, *, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        self.offset, self.shape, self.dtype = offset, shape, np.dtype(dtype)
+        self.row_bytes = int(np.prod(shape[1:])) * self.dtype.itemsize
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        block = np.empty((len(rows),) + tuple(self.shape[1:]), dtype=self.dtype)
+        block_bytes = block.reshape(len(rows), -1).view(np.uint8)
+        for begin, end in contiguous_runs(rows):
+            target = memoryview(block_bytes[begin:end]).cast("B")
+            got = os.preadv(self.fd, [target], self.offset + int(rows[begin]) * self.row_bytes)
+            assert got == len(target), f"short read: {got} of {len(target)} bytes"
+        return block
+
+
+class CountingRows:
+    """Delegates row reads to `reader` and records which rows were read."""
+
+    def __init__(self, reader: object, num_rows: int) -> None:
+        self.reader, self.read = reader, np.zeros(num_rows, dtype=bool)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        self.read[rows] = True
+        return self.reader[rows]
+
+
+def install_reader(name: str) -> list[CountingRows]:
+    """Patch FeatureStore.features (in this child only) to hand out counting readers of kind `name`."""
+    from features.reader import FeatureStore
+
+    original, counters = FeatureStore.features, []
+
+    def features(store: FeatureStore, kind: str) -> CountingRows:
+        cache = store.__dict__.setdefault("_bench_readers", {})
+        if kind not in cache:
+            memmap = original(store, kind)  # np.memmap: gives the offset; no page is touched here
+            assert isinstance(memmap, np.memmap), "the benchmark stores are contiguous"
+            if name == "memmap":
+                reader = memmap
+            else:
+                reader = (MadviseRows if name == "madvise" else PreadRows)(
+                    str(store.path), offset=memmap.offset, shape=memmap.shape, dtype=memmap.dtype)
+            cache[kind] = CountingRows(reader, memmap.shape[0])
+            counters.append(cache[kind])
+        return cache[kind]
+
+    FeatureStore.features = features
+    return counters
+
+
+def run_child(args: argparse.Namespace) -> None:
+    sampler = PeakSampler()
+    sampler.start()
+    import torch
+
+    from train.config import TrainConfig
+    from train.run import run_train
+
+    torch.set_num_threads(args.threads)
+    counters = install_reader(args.reader)
+    cfg = TrainConfig(store=args.store, out_dir=args.out_dir, feature_mode="10c", embed_dim=args.embed_dim,
+                      word_dim=args.word_dim, batch_size=args.batch_size, epochs=1, device="cpu",
+                      log_every=1000, seed=0)
+    start = time.perf_counter()
+    summary = run_train(cfg)
+    seconds = time.perf_counter() - start
+    sampler.stopped.set()
+    sampler.join()
+    status = proc_status_kib()
+    read = counters[0].read if counters else np.zeros(0, dtype=bool)
+    print(json.dumps({
+        "vmhwm_kib": status["VmHWM"], "end_kib": status, "peak_anon_kib": max(sampler.peak["RssAnon"],
+                                                                               status["RssAnon"]),
+        "peak_file_kib": max(sampler.peak["RssFile"], status["RssFile"]), "rows_read": int(read.sum()),
+        "rows_total": int(read.size), "steps": summary["step"], "seconds": seconds,
+        "torch_threads": torch.get_num_threads()}))
+
+
+# -- parent -------------------------------------------------------------------------------------------
+def measure(store: Path, *, reader: str, args: argparse.Namespace) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--store", str(store), "--reader", reader,
+               "--out-dir", str(Path(args.dir) / f"run-{store.stem}-{reader}"), "--embed-dim", str(args.embed_dim),
+               "--word-dim", str(args.word_dim), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"child failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["rows_read"] != result["rows_total"]:
+        sys.exit(f"{store}: the epoch read {result['rows_read']} of {result['rows_total']} image rows")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--big-mb", type=float, default=2000, help="size of the big store's features/10c (1e6 B)")
+    parser.add_argument("--small-mb", type=float, default=200, help="size of the small store's features/10c")
+    parser.add_argument("--feature-dim", type=int, default=2048)
+    parser.add_argument("--captions-per-image", type=int, default=5)
+    parser.add_argument("--val-images", type=int, default=100, help="images in the val split of each store")
+    parser.add_argument("--vocab-words", type=int, default=1000, help="distinct caption words (same in both)")
+    parser.add_argument("--embed-dim", type=int, default=256)
+    parser.add_argument("--word-dim", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the children (memory does not "
+                        "depend on it; 1 avoids oversubscribing a shared machine)")
+    parser.add_argument("--readers", default="memmap,madvise,pread", help=f"comma list of {READERS}")
+    parser.add_argument("--dir", default="/tmp/vsepp-bench", help="stores and run folders (not the repo)")
+    parser.add_argument("--keep", action="store_true", help="keep the stores and runs (reused when they match)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--reader", default="memmap", choices=READERS, help=argparse.SUPPRESS)
+    parser.add_argument("--out-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_child(args)
+        return
+    readers = args.readers.split(",")
+    if not set(readers) <= set(READERS):
+        parser.error(f"--readers {args.readers!r}: choose from {', '.join(READERS)}")
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = {"small": images_for_megabytes(args.small_mb, args.feature_dim),
+             "big": images_for_megabytes(args.big_mb, args.feature_dim)}
+    needed = sum(sizes.values()) * (CROPS + 1) * args.feature_dim * 4
+    free = shutil.disk_usage(folder).free
+    stores = {name: folder / f"{name}-{count}x10x{args.feature_dim}.h5" for name, count in sizes.items()}
+    if free < 1.2 * needed and not all(path.exists() for path in stores.values()):
+        sys.exit(f"{folder}: {free / 1e9:.1f} GB free, the stores need {needed / 1e9:.1f} GB; "
+                 "pass smaller --big-mb/--small-mb or another --dir")
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {folder} ({free / 1e9:.0f} GB free)")
+    for name, path in stores.items():
+        start = time.perf_counter()
+        if args.keep and store_is_complete(path, sizes[name], args.feature_dim):
+            note = "reused"
+        else:
+            write_store(path, sizes[name], feature_dim=args.feature_dim, args=args)
+            note = f"written in {time.perf_counter() - start:.0f} s"
+        print(f"{name:5s} store {path.name}: {sizes[name]} images x {args.captions_per_image} captions, "
+              f"10c {sizes[name] * CROPS * args.feature_dim * 4 / MIB:.0f} MiB, file "
+              f"{path.stat().st_size / MIB:.0f} MiB ({note})")
+    print(f"one epoch of run_train per child: feature mode 10c, embed {args.embed_dim}, word {args.word_dim}, "
+          f"batch {args.batch_size}, {args.threads} torch thread(s); MiB; peaks of RssAnon/RssFile sampled every 10 ms, VmHWM exact")
+    print(f"{'reader':8s} {'store':5s} {'steps':>6s} {'rows read':>10s} {'s':>5s} {'VmHWM':>7s} "
+          f"{'peak anon':>9s} {'peak file':>9s} {'end anon':>8s} {'end file':>8s}")
+    results = {}
+    try:
+        for reader in readers:
+            for name in ("small", "big"):
+                result = results[reader, name] = measure(stores[name], reader=reader, args=args)
+                print(f"{reader:8s} {name:5s} {result['steps']:6d} {result['rows_read']:10d} "
+                      f"{result['seconds']:5.0f} {result['vmhwm_kib'] / 1024:7.0f} "
+                      f"{result['peak_anon_kib'] / 1024:9.0f} {result['peak_file_kib'] / 1024:9.0f} "
+                      f"{result['end_kib']['RssAnon'] / 1024:8.0f} {result['end_kib']['RssFile'] / 1024:8.0f}",
+                      flush=True)
+            big, small = results[reader, "big"], results[reader, "small"]
+            print(f"{reader:8s} big/small: VmHWM {big['vmhwm_kib'] / small['vmhwm_kib']:.2f} (goal <= 1.2), "
+                  f"peak RssAnon {big['peak_anon_kib'] / small['peak_anon_kib']:.2f}", flush=True)
+    finally:
+        if not args.keep:  # only what this script made: --dir may hold other files
+            for path in stores.values():
+                path.unlink(missing_ok=True)
+            for reader in readers:
+                for path in stores.values():
+                    shutil.rmtree(folder / f"run-{path.stem}-{reader}", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

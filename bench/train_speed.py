@@ -1,0 +1,131 @@
+"""Benchmark (c): training steps/s of the reference model on the CPU, torch threads 1 vs 2 side by side.
+
+    python bench/train_speed.py                           # batch 128, GRU 1024, word 300, 2048-d 1C, 12 words
+    python bench/train_speed.py --threads 1,2 --rounds 2 --steps 10 --warmup 2
+
+Times the real `Trainer.train_step` (forward, MH loss, backward, clip 2.0, Adam) on synthetic batches
+(random token ids, captions of --words words +/- 2 plus <start>/<end>, random float32 features, one image
+per caption), so no store is read. All thread counts run in this one process; with --rounds > 1 the order
+alternates (1,2 then 2,1, ...) so a change of machine load hits both alike. The FLOP estimate counts the
+matrix products only (GRU gates, image projection, similarity matrix), forward + backward = 3x forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from train.config import TrainConfig  # noqa: E402
+from train.data import Batch, pad_token_ids  # noqa: E402
+from train.model import build_model  # noqa: E402
+from train.text import SPECIAL_TOKENS, Vocabulary  # noqa: E402
+from train.trainer import Trainer  # noqa: E402
+
+START_ID, END_ID = 1, 2  # train.text: <pad>=0, <start>=1, <end>=2, <unk>=3
+
+
+def synthetic_batch(rng: np.random.Generator, *, batch_size: int, words: int, vocab_size: int,
+                    feature_dim: int) -> Batch:
+    """Captions of words-2..words+2 random ids between <start> and <end>, one random 1C feature per caption."""
+    lengths = rng.integers(max(words - 2, 1), words + 3, batch_size)
+    token_ids = [np.concatenate([[START_ID], rng.integers(len(SPECIAL_TOKENS), vocab_size, length), [END_ID]])
+                 for length in lengths.tolist()]
+    tokens, token_lengths = pad_token_ids([ids.astype(np.int64) for ids in token_ids])
+    return Batch(tokens=tokens, lengths=token_lengths,
+                 images=torch.from_numpy(rng.standard_normal((batch_size, feature_dim), dtype=np.float32)),
+                 image_ids=torch.arange(batch_size), caption_rows=torch.arange(batch_size))
+
+
+def step_gflop(batch: Batch, *, word_dim: int, embed_dim: int, feature_dim: int) -> dict[str, float]:
+    """Matrix-product GFLOP of one step (forward + backward = 3 x forward, 2 FLOP per multiply-add)."""
+    tokens = int(batch.lengths.sum())  # packed sequences: only the true tokens go through the GRU
+    batch_size = len(batch)
+    parts = {"gru": 3 * 2 * 3 * embed_dim * (word_dim + embed_dim) * tokens,  # 3 gates: W_i x + W_h h
+             "image_head": 3 * 2 * feature_dim * embed_dim * batch_size,
+             "sims": 3 * 2 * batch_size * batch_size * embed_dim}
+    return {name: flop / 1e9 for name, flop in parts.items()}
+
+
+def time_steps(trainer: Trainer, batches: list[Batch], *, threads: int, warmup: int, steps: int) -> list[float]:
+    """Seconds of each of `steps` train_step calls after `warmup` untimed ones, with `threads` torch threads."""
+    torch.set_num_threads(threads)
+    for number in range(warmup):
+        trainer.train_step(batches[number % len(batches)])
+    seconds = []
+    for number in range(steps):
+        start = time.perf_counter()
+        trainer.train_step(batches[number % len(batches)])
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--embed-dim", type=int, default=1024, help="GRU and joint space size (paper: 1024)")
+    parser.add_argument("--word-dim", type=int, default=300, help="word embedding size (paper: 300)")
+    parser.add_argument("--feature-dim", type=int, default=2048, help="image feature size (ResNet152: 2048)")
+    parser.add_argument("--words", type=int, default=12, help="mean words per caption (COCO: ~11)")
+    parser.add_argument("--vocab-size", type=int, default=10000, help="vocabulary size incl. special tokens")
+    parser.add_argument("--loss", default="mh", help="training loss (paper: mh)")
+    parser.add_argument("--threads", default="1,2", help="comma list of torch thread counts")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each timing")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per thread count and round")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat all thread counts, order alternating")
+    args = parser.parse_args()
+    thread_counts = [int(value) for value in args.threads.split(",")]
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    cfg = TrainConfig(embed_dim=args.embed_dim, word_dim=args.word_dim, batch_size=args.batch_size,
+                      feature_mode="1c", loss=args.loss, device="cpu")
+    vocab = Vocabulary(list(SPECIAL_TOKENS) + [f"w{number}" for number in range(args.vocab_size - len(SPECIAL_TOKENS))])
+    model = build_model(cfg, vocab_size=len(vocab), feature_dim=args.feature_dim)
+    batches = [synthetic_batch(rng, batch_size=args.batch_size, words=args.words, vocab_size=len(vocab),
+                               feature_dim=args.feature_dim) for _ in range(4)]
+    with tempfile.TemporaryDirectory() as out_dir:  # train_step writes nothing; the Trainer wants a folder
+        trainer = Trainer(model, config=cfg, batches=None, validate=lambda _: {}, out_dir=out_dir, vocab=vocab,
+                          model_spec={}, device="cpu")
+        seconds: dict[int, list[float]] = {threads: [] for threads in thread_counts}
+        for round_number in range(args.rounds):
+            order = thread_counts if round_number % 2 == 0 else thread_counts[::-1]
+            for threads in order:
+                seconds[threads] += time_steps(trainer, batches, threads=threads, warmup=args.warmup,
+                                               steps=args.steps)
+
+    gflop = [sum(step_gflop(batch, word_dim=args.word_dim, embed_dim=args.embed_dim,
+                            feature_dim=args.feature_dim).values()) for batch in batches]
+    parts = step_gflop(batches[0], word_dim=args.word_dim, embed_dim=args.embed_dim, feature_dim=args.feature_dim)
+    mean_gflop = statistics.mean(gflop)
+    print(f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"model: GRU {args.embed_dim}, word dim {args.word_dim}, {args.feature_dim}-d 1C features, vocab "
+          f"{len(vocab)}, loss {args.loss}; batch {args.batch_size}, {args.words}+/-2 words + <start>/<end>")
+    print(f"estimate: {mean_gflop:.1f} GFLOP per step (GRU {parts['gru']:.1f}, image head "
+          f"{parts['image_head']:.1f}, sims {parts['sims']:.2f}; batch 0)")
+    print(f"{args.rounds} round(s) x {args.steps} timed steps after {args.warmup} warm-up, per thread count")
+    print(f"{'threads':>7s} {'median s/step':>13s} {'mean s/step':>11s} {'min s/step':>10s} "
+          f"{'steps/s':>7s} {'GFLOPS':>6s}")
+    for threads in thread_counts:
+        median = statistics.median(seconds[threads])
+        print(f"{threads:7d} {median:13.3f} {statistics.mean(seconds[threads]):11.3f} "
+              f"{min(seconds[threads]):10.3f} {1 / median:7.2f} {mean_gflop / median:6.1f}")
+    if len(thread_counts) > 1:
+        first, last = thread_counts[0], thread_counts[-1]
+        print(f"speed-up {last} vs {first} threads (median): "
+              f"{statistics.median(seconds[first]) / statistics.median(seconds[last]):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

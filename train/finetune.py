@@ -1,0 +1,228 @@
+"""Stage 3 entry point: run_finetune(cfg) trains the CNN end to end on random crops, from a train checkpoint.
+
+The model is the train-stage model rebuilt from its checkpoint (train.encode.model_from_checkpoint) with
+the store's CNN put in front of the same ImageHead, so fine-tuning starts from exactly the checkpoint's
+weights. The loop, the loss, the checkpoints and the exact resume are the Trainer's (kind "finetune").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eval.metrics import recall_metrics
+from extract.backbones import build_backbone
+from features.datasets import validate_image_root
+from features.reader import FeatureStore
+from train.checkpoint import load_checkpoint, load_model_state
+from train.config import CHECKPOINT_FIELDS, RC_MODES, FinetuneConfig, TrainConfig
+from train.encode import model_from_checkpoint, similarity_matrix
+from train.finetune_data import ImageCaptionBatches, encode_split_from_images
+from train.finetune_model import CNNBackbone, backbone_from_store, parse_unfreeze
+from train.model import VSEModel, build_model
+from train.run import CONFIG_FILE, RESUME_MUTABLE_FIELDS, VOCAB_FILE, validate_options
+from train.text import Vocabulary
+from train.trainer import Trainer, resolve_device
+
+__all__ = ["encode_split_from_images", "init_model", "model_from_finetune_checkpoint", "resolve_config", "run_finetune"]
+
+logger = logging.getLogger(__name__)
+
+# Paths a resume may point elsewhere (moved files); everything else must equal the checkpoint's config.
+FINETUNE_RESUME_MUTABLE_FIELDS = RESUME_MUTABLE_FIELDS + ("checkpoint", "image_root", "weights")
+# Attributes that say which CNN made a store: a head trained on one store fits another only if they agree.
+CNN_ATTRS = ("backbone", "layer", "weights_name", "weights_sha256", "resize", "crop", "mean", "std")
+
+
+def resolve_config(cfg: FinetuneConfig, train_config: dict) -> FinetuneConfig:
+    """`cfg` with CHECKPOINT_FIELDS (and an empty store) taken from the train checkpoint's config.
+
+    A field left at its TrainConfig default takes the checkpoint's value; a field set to anything else must
+    equal it, since the model, vocabulary and loss are the checkpoint's (ValueError naming the fields).
+    """
+    saved = TrainConfig.from_dict(train_config)
+    defaults = TrainConfig()
+    conflicts = [name for name in CHECKPOINT_FIELDS if getattr(cfg, name) != getattr(defaults, name)
+                 and getattr(cfg, name) != getattr(saved, name)]
+    if conflicts:
+        details = ", ".join(f"{name}: checkpoint {getattr(saved, name)!r}, given {getattr(cfg, name)!r}"
+                            for name in conflicts)
+        raise ValueError(f"--checkpoint {cfg.checkpoint} fixes the model, vocabulary and loss ({details}); drop "
+                         "these options or train a new stage-two model with them")
+    resolved = dataclasses.replace(cfg, **{name: getattr(saved, name) for name in CHECKPOINT_FIELDS})
+    return dataclasses.replace(resolved, store=cfg.store or saved.store)
+
+
+def validate_finetune_options(cfg: FinetuneConfig) -> None:
+    """Check the finetune-only options without touching the disk (ValueError)."""
+    if not cfg.checkpoint:
+        raise ValueError("--checkpoint is required: the train-stage checkpoint (RUN/best.pt) to fine-tune")
+    if cfg.rc not in RC_MODES:
+        raise ValueError(f"--rc {cfg.rc!r} is not one of {', '.join(RC_MODES)}")
+    parse_unfreeze(cfg.unfreeze)
+    if not cfg.cnn_lr > 0:
+        raise ValueError(f"--cnn-lr must be > 0, got {cfg.cnn_lr}")
+    if cfg.grad_checkpointing and cfg.train_bn:
+        raise ValueError("--grad-checkpointing recomputes forward passes, which would update BatchNorm running "
+                         "statistics twice; use it with frozen BatchNorm (drop --train-bn)")
+
+
+def check_resume_config(cfg: FinetuneConfig, saved: dict, path: str) -> None:
+    """A resume must use the options it was started with (apart from FINETUNE_RESUME_MUTABLE_FIELDS)."""
+    saved_cfg = FinetuneConfig.from_dict(saved)
+    differing = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in FINETUNE_RESUME_MUTABLE_FIELDS
+                 and getattr(cfg, f.name) != getattr(saved_cfg, f.name)]
+    if differing:
+        details = ", ".join(f"{name}: {getattr(saved_cfg, name)!r} -> {getattr(cfg, name)!r}" for name in differing)
+        raise ValueError(f"--resume {path}: options differ from the checkpoint's ({details}); resume with the same "
+                         "options or start a new run without --resume")
+
+
+def check_same_cnn(store: FeatureStore, trained_on: str) -> None:
+    """The store must come from the CNN whose features the checkpoint's head was trained on."""
+    if Path(trained_on).resolve() == store.path.resolve():
+        return
+    if not Path(trained_on).is_file():
+        logger.warning("the checkpoint was trained on %s, which is gone: cannot check that %s has the same CNN",
+                       trained_on, store.path)
+        return
+    with FeatureStore(trained_on) as original:
+        differing = {key: (original.attrs.get(key), store.attrs.get(key)) for key in CNN_ATTRS
+                     if original.attrs.get(key) != store.attrs.get(key)}
+    if differing:
+        raise ValueError(f"--store {store.path} was extracted with another CNN than {trained_on}, which the "
+                         f"checkpoint was trained on ({differing}); fine-tune on a store of the same backbone/weights")
+
+
+def attach_cnn(model: VSEModel, cfg: FinetuneConfig, *, backbone: object) -> CNNBackbone:
+    """Put the CNN in front of the model's ImageHead with cfg's unfreezing, BatchNorm and memory options."""
+    cnn = CNNBackbone(backbone, train_bn=cfg.train_bn, grad_checkpointing=cfg.grad_checkpointing,
+                      channels_last=cfg.channels_last)
+    cnn.unfreeze_backbone(parse_unfreeze(cfg.unfreeze))
+    model.image_encoder.set_backbone(cnn)
+    return cnn
+
+
+def param_groups(model: VSEModel, cnn: CNNBackbone, cfg: FinetuneConfig) -> list[dict]:
+    """Adam groups of trainable parameters only: {head, text, logit scale: lr} and {CNN: cnn_lr}."""
+    cnn_ids = {id(parameter) for parameter in cnn.parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in cnn_ids]
+    cnn_params = [p for p in cnn.parameters() if p.requires_grad]
+    return [group for group in ({"params": rest, "lr": cfg.lr}, {"params": cnn_params, "lr": cfg.cnn_lr})
+            if group["params"]]
+
+
+def init_model(cfg: FinetuneConfig, init: dict, *, store: FeatureStore) -> tuple[VSEModel, CNNBackbone,
+                                                                                Vocabulary, dict]:
+    """The train-stage model of the checkpoint dict `init` with the store's CNN in front of its ImageHead.
+
+    Returns (model, cnn, vocab, model_spec); every weight but the CNN's is the checkpoint's, the CNN's are
+    the store's (so CNN + head on a center crop = head on the stored 1c feature).
+    """
+    model, vocab, _ = model_from_checkpoint(init, device="cpu")
+    if init["model_spec"]["feature_dim"] != store.feature_dim:
+        raise ValueError(f"--checkpoint {cfg.checkpoint} has a head for {init['model_spec']['feature_dim']}-d "
+                         f"features, {store.path} holds {store.feature_dim}-d ones; use the store it was trained on")
+    backbone = backbone_from_store(store.attrs, store_path=store.path, feature_dim=store.feature_dim,
+                                   weights=cfg.weights)
+    cnn = attach_cnn(model, cfg, backbone=backbone)
+    model_spec = dict(init["model_spec"], backbone=cnn.name,
+                      **{key: store.attrs.get(key) for key in ("weights_name", "weights_sha256")})
+    logger.info("CNN %s: training stages %s of %s (BatchNorm %s), %d trainable CNN parameters", cnn.name,
+                cnn.stage_names[len(cnn.stage_names) - cnn.num_trainable_stages:], cnn.stage_names,
+                "trained" if cfg.train_bn else "frozen", sum(p.numel() for p in cnn.parameters() if p.requires_grad))
+    return model, cnn, vocab, model_spec
+
+
+def _check_images(batches: ImageCaptionBatches, store: FeatureStore, image_root: Path, val_split: str) -> None:
+    """Every image a batch or the validation can read must exist under image_root (fail before training)."""
+    rows = np.union1d(batches.image_rows(), store.image_indices([val_split]))
+    missing = [str(image_root / store.image_paths[row]) for row in rows
+               if not (image_root / store.image_paths[row]).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(rows)} images are missing under --image-root {image_root} "
+                                f"(first: {missing[0]!r}); pass the folder the store was extracted from")
+
+
+def run_finetune(cfg: FinetuneConfig) -> dict:
+    """Fine-tune the CNN, head and caption encoder of cfg.checkpoint; return best rsum, steps and artifact paths."""
+    validate_finetune_options(cfg)
+    init = load_checkpoint(cfg.checkpoint, expected_kind="train")  # FileNotFoundError when missing
+    logger.info("initialising from %s (epoch %d, step %d, best rsum %.2f)", cfg.checkpoint, init["epoch"],
+                init["step"], init["best_rsum"])
+    cfg = resolve_config(cfg, init["config"])
+    validate_options(cfg)
+    device = resolve_device(cfg.device)
+    if cfg.resume:
+        check_resume_config(cfg, load_checkpoint(cfg.resume, expected_kind="finetune")["config"], cfg.resume)
+    out_dir = Path(cfg.out_dir)
+    with FeatureStore(cfg.store) as store:
+        check_same_cnn(store, init["config"]["store"])
+        for splits in (cfg.all_train_splits(), (cfg.val_split,)):
+            store.require_complete(splits)
+        image_root = validate_image_root(cfg.image_root or store.attrs["image_root"])
+        cfg = dataclasses.replace(cfg, image_root=str(image_root))
+        model, cnn, vocab, model_spec = init_model(cfg, init, store=store)
+        batches = ImageCaptionBatches(store, splits=cfg.all_train_splits(), vocab=vocab, batch_size=cfg.batch_size,
+                                      seed=cfg.seed, image_root=image_root, rc=cfg.rc)
+        _check_images(batches, store, image_root, cfg.val_split)
+        if cfg.feature_mode != "1c":
+            logger.info("the head was trained on %s features; the fine-tuned CNN gives one crop per caption (a set "
+                        "of one: mean and adaptive pooling of one vector are that vector)", cfg.feature_mode)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        vocab.save(out_dir / VOCAB_FILE)
+        cfg.save_json(out_dir / CONFIG_FILE)
+        logger.info("fine-tuning on %d captions (%d steps/epoch), rc %s, lr %g, cnn lr %g, device %s",
+                    batches.num_captions, batches.steps_per_epoch, cfg.rc, cfg.lr, cfg.cnn_lr, device)
+        torch.manual_seed(cfg.seed)  # dropout (vgg19); crops and order are seeded from (seed, epoch, step)
+        trainer = Trainer(model, config=cfg, batches=batches, validate=_validator(cfg, store, vocab, device),
+                          out_dir=out_dir, vocab=vocab, model_spec=model_spec, kind="finetune",
+                          param_groups=param_groups(model, cnn, cfg),
+                          semantic_vectors=_semantic_vectors(cfg, store) if cfg.loss == "lseh" else None,
+                          device=device)
+        if cfg.resume:
+            trainer.resume(cfg.resume)
+        summary = trainer.fit()
+    summary.update({"out_dir": str(out_dir), "config": str(out_dir / CONFIG_FILE),
+                    "vocab": str(out_dir / VOCAB_FILE), "metrics": str(out_dir / "metrics.jsonl")})
+    return summary
+
+
+def _validator(cfg: FinetuneConfig, store: FeatureStore, vocab: Vocabulary, device: torch.device):
+    """Validation re-encodes the val images with the current CNN (center crop), as stored features no longer fit."""
+    def validate(model: VSEModel) -> dict[str, float]:
+        image_emb, caption_emb, caption_image_index, _ = encode_split_from_images(
+            model, store, splits=[cfg.val_split], vocab=vocab, image_root=cfg.image_root, batch_size=cfg.batch_size,
+            workers=cfg.workers, device=device)
+        return recall_metrics(similarity_matrix(image_emb, caption_emb, loss=cfg.loss), caption_image_index)
+    return validate
+
+
+def _semantic_vectors(cfg: FinetuneConfig, store: FeatureStore) -> np.ndarray:
+    from train.semantic import load_or_fit_semantic_vectors  # scikit-learn only when LSEH is used
+
+    vectors = load_or_fit_semantic_vectors(cfg.store, store, train_splits=cfg.all_train_splits(), seed=cfg.seed)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def model_from_finetune_checkpoint(checkpoint: dict, *, device: torch.device | str) -> tuple[
+        VSEModel, Vocabulary, FinetuneConfig]:
+    """Rebuild the fine-tuned model (CNN + head + caption encoder) of a loaded "finetune" checkpoint dict.
+
+    The CNN architecture comes from model_spec["backbone"]; all weights come from the checkpoint (strict),
+    so neither the store nor the original weight file is needed. Returned in eval mode on `device`.
+    """
+    if checkpoint.get("kind") != "finetune":
+        raise ValueError(f"a {checkpoint.get('kind')!r} checkpoint was given; model_from_finetune_checkpoint reads "
+                         "'finetune' ones (train checkpoints: train.encode.model_from_checkpoint)")
+    config = FinetuneConfig.from_dict(checkpoint["config"])
+    vocab = Vocabulary.from_dict(checkpoint["vocab"])
+    spec = checkpoint["model_spec"]
+    model = build_model(config, vocab_size=spec["vocab_size"], feature_dim=spec["feature_dim"])
+    attach_cnn(model, config, backbone=build_backbone(spec["backbone"], None))  # the weights are the checkpoint's
+    load_model_state(model, checkpoint["model"])
+    return model.to(device).eval(), vocab, config

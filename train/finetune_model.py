@@ -1,0 +1,205 @@
+"""The fine-tuned CNN: a torchvision backbone cut into stages, with freezing, frozen BatchNorm and checkpointing.
+
+`CNNBackbone` wraps extract's FeatureBackbone (same modules, same weights, same state-dict keys under
+`net.`) and is put in front of the train-stage ImageHead with `ImageEncoder.set_backbone`. It takes the
+uint8 crops the loaders produce and normalises them itself, so batches stay uint8 until the device.
+`backbone_from_store` rebuilds exactly the CNN a feature store was extracted with, from its attributes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from extract.backbones import FeatureBackbone, build_backbone
+from extract.config import BACKBONES, config_json_path
+from extract.transforms import normalize
+from extract.weights import NO_WEIGHTS, hub_checkpoint_dir, sha256_of_file
+
+logger = logging.getLogger(__name__)
+
+# extract.run.store_attrs writes random-init weights as "none (random init, seed N)".
+RANDOM_INIT_NAME = re.compile(r"none \(random init, seed (-?\d+)\)")
+BATCH_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def cnn_stages(name: str, net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The backbone as consecutive stages whose composition equals `net(images)` (FeatureBackbone's output).
+
+    resnet*: stem (conv1, bn1, relu, maxpool), layer1, layer2, layer3, layer4 (+ global pool, flatten).
+    vgg19: block1..block5 (conv blocks, each ending with its max pool), fc6 (pool, flatten, Linear, ReLU),
+    fc7 (Dropout, Linear, ReLU). The stages hold the modules of `net` themselves, not copies.
+    """
+    if name.startswith("resnet"):
+        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        last = nn.Sequential(net.layer4, net.avgpool, nn.Flatten(1))
+        return [("stem", stem), ("layer1", net.layer1), ("layer2", net.layer2), ("layer3", net.layer3),
+                ("layer4", last)]
+    if name == "vgg19":
+        stages, block = [], []
+        for module in net.features:
+            block.append(module)
+            if isinstance(module, nn.MaxPool2d):
+                stages.append((f"block{len(stages) + 1}", nn.Sequential(*block)))
+                block = []
+        fc6 = nn.Sequential(net.avgpool, nn.Flatten(1), net.classifier[0], net.classifier[1])
+        fc7 = nn.Sequential(*net.classifier[2:5])  # dropout, fc7, ReLU (the extracted layer)
+        return stages + [("fc6", fc6), ("fc7", fc7)]
+    raise ValueError(f"no stage split for backbone {name!r}; supported: {', '.join(BACKBONES)}")
+
+
+class CNNBackbone(nn.Module):
+    """uint8 crops [B, 3, H, W] -> features [B, D], the CNN of a FeatureBackbone split into stages.
+
+    Only the last `num_trainable_stages` stages are trained (`unfreeze_backbone` / `freeze_backbone`); the
+    frozen prefix runs without autograd and always in eval mode. BatchNorm layers stay in eval mode with
+    frozen affine parameters unless `train_bn`, since statistics of small batches are noisy.
+    """
+
+    def __init__(self, backbone: FeatureBackbone, *, train_bn: bool = False, grad_checkpointing: bool = False,
+                 channels_last: bool = True) -> None:
+        super().__init__()
+        if grad_checkpointing and train_bn:
+            raise ValueError("--grad-checkpointing recomputes forward passes, which would update BatchNorm running "
+                             "statistics twice; use it with frozen BatchNorm (drop --train-bn)")
+        self.net = backbone.net
+        self.name, self.feature_dim, self.layer_name = backbone.name, backbone.feature_dim, backbone.layer_name
+        self.train_bn, self.grad_checkpointing, self.channels_last = train_bn, grad_checkpointing, channels_last
+        self._stages = cnn_stages(self.name, self.net)  # a plain list: the modules are registered under net
+        self.num_trainable_stages = 0
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.freeze_backbone()
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Names of the stages, input first."""
+        return [name for name, _ in self._stages]
+
+    def freeze_backbone(self) -> None:
+        """No CNN parameter is trained."""
+        self.unfreeze_backbone(0)
+
+    def unfreeze_backbone(self, last_n: int | None = None) -> None:
+        """Train the last `last_n` stages (None = all); BatchNorm affine parameters only with train_bn."""
+        count = len(self._stages)
+        last_n = count if last_n is None else last_n
+        if not 0 <= last_n <= count:
+            raise ValueError(f"--unfreeze {last_n} is outside [0, {count}]: {self.name} has the stages "
+                             f"{', '.join(self.stage_names)}; pass 'all' or a number up to {count}")
+        self.num_trainable_stages = last_n
+        for parameter in self.net.parameters():
+            parameter.requires_grad_(False)
+        for _, stage in self._stages[count - last_n:]:
+            for module in stage.modules():
+                if self.train_bn or not isinstance(module, BATCH_NORM_TYPES):
+                    for parameter in module.parameters(recurse=False):
+                        parameter.requires_grad_(True)
+        self.train(self.training)  # re-apply the eval mode of frozen parts
+
+    def train(self, mode: bool = True) -> "CNNBackbone":
+        """Like nn.Module.train, but frozen stages, and BatchNorm without train_bn, stay in eval mode."""
+        super().train(mode)
+        if mode:
+            first_trainable = len(self._stages) - self.num_trainable_stages
+            for _, stage in self._stages[:first_trainable]:
+                stage.eval()
+            if not self.train_bn:
+                for module in self.net.modules():
+                    if isinstance(module, BATCH_NORM_TYPES):
+                        module.eval()
+        return self
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        """uint8 crops [B, 3, H, W] (0..255, RGB) -> features [B, feature_dim] (ImageNet normalisation here)."""
+        if crops.dtype != torch.uint8 or crops.dim() != 4:
+            raise ValueError(f"CNNBackbone takes uint8 crops [B, 3, H, W], got {crops.dtype} {tuple(crops.shape)}")
+        images = normalize(crops)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        first_trainable = len(self._stages) - self.num_trainable_stages
+        with torch.no_grad():  # the frozen prefix needs no graph
+            for _, stage in self._stages[:first_trainable]:
+                images = stage(images)
+        for _, stage in self._stages[first_trainable:]:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                images = checkpoint(stage, images, use_reentrant=False)
+            else:
+                images = stage(images)
+        return images
+
+
+def parse_unfreeze(value: str | int) -> int | None:
+    """--unfreeze value -> number of last stages to train, None for "all"."""
+    text = str(value).strip().lower()
+    if text == "all":
+        return None
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"--unfreeze {value!r} must be 'all' or a number of last CNN stages >= 0 (e.g. 1)")
+
+
+def _weight_candidates(attrs: dict, *, weights: str, store_path: Path) -> list[Path]:
+    """Where the store's weight file may be: --weights, else the hub cache and the extract config's path."""
+    if weights:
+        return [Path(weights).expanduser()]
+    candidates = [hub_checkpoint_dir() / attrs["weights_name"]]
+    extract_config = config_json_path(store_path)
+    if extract_config.is_file():
+        spec = json.loads(extract_config.read_text(encoding="utf-8")).get("weights", "")
+        if spec and Path(spec).expanduser().is_file():
+            candidates.append(Path(spec).expanduser())
+    return candidates
+
+
+def store_weights_file(attrs: dict, *, weights: str, store_path: Path) -> Path:
+    """The weight file a store was extracted with, found and checked by sha256 (never downloaded)."""
+    expected = attrs.get("weights_sha256") or ""
+    if not expected:
+        raise ValueError(f"{store_path}: weights {attrs['weights_name']!r} have no sha256 attribute; the CNN cannot "
+                         "be verified, re-extract the store with this code")
+    for path in _weight_candidates(attrs, weights=weights, store_path=store_path):
+        if not path.is_file():
+            continue
+        found = sha256_of_file(path)
+        if found == expected:
+            return path
+        if weights:
+            raise ValueError(f"--weights {str(path)!r} has sha256 {found[:12]}..., but {store_path} was extracted "
+                             f"with {attrs['weights_name']!r} (sha256 {expected[:12]}...); pass that file")
+        logger.warning("%s has sha256 %s..., not the store's %s...; skipped", path, found[:12], expected[:12])
+    if weights:
+        raise FileNotFoundError(f"--weights {weights!r} does not exist; pass the file {attrs['weights_name']!r} "
+                                f"the store was extracted with")
+    raise FileNotFoundError(f"weight file {attrs['weights_name']!r} (sha256 {expected[:12]}...) of {store_path} not "
+                            f"found in {str(hub_checkpoint_dir())!r} nor in its extract config; pass --weights PATH")
+
+
+def backbone_from_store(attrs: dict, *, store_path: str | Path, feature_dim: int, weights: str = "") -> FeatureBackbone:
+    """Rebuild the CNN a store was extracted with (backbone, weights or seeded random init); mismatch = error."""
+    store_path = Path(store_path)
+    name, weights_name = attrs.get("backbone"), str(attrs.get("weights_name"))
+    if name not in BACKBONES:
+        raise ValueError(f"{store_path} was extracted with backbone {name!r}, not one of {', '.join(BACKBONES)}; "
+                         "fine-tuning needs a store written by `extract` with a torchvision backbone")
+    random_init = RANDOM_INIT_NAME.fullmatch(weights_name)
+    if random_init:
+        if weights:
+            raise ValueError(f"{store_path} was extracted from a random init ({weights_name}); drop --weights")
+        backbone = build_backbone(name, None, seed=int(random_init.group(1)))
+    elif weights_name == NO_WEIGHTS:
+        raise ValueError(f"{store_path} was extracted from a random init whose seed is not recorded; the same CNN "
+                         "cannot be rebuilt: re-extract the store (with --weights none --seed N) and retrain")
+    else:
+        backbone = build_backbone(name, store_weights_file(attrs, weights=weights, store_path=store_path))
+    if backbone.feature_dim != feature_dim or backbone.layer_name != attrs.get("layer"):
+        raise ValueError(f"{name} gives {backbone.feature_dim}-d {backbone.layer_name} features, but {store_path} "
+                         f"holds {feature_dim}-d {attrs.get('layer')!r} ones; the store is not from this backbone")
+    logger.info("CNN %s (%s) rebuilt from the attributes of %s", name, weights_name, store_path)
+    return backbone
