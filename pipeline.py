@@ -41,7 +41,8 @@ def _train_outputs(cfg: Any) -> dict[str, str]:
 
 STAGES: dict[str, StageSpec] = {
     "extract": StageSpec(
-        config="extract.config:ExtractConfig", run="extract.run:run_extract", consumes={},
+        config="extract.config:ExtractConfig", run="extract.run:run_extract",
+        consumes={"dataset": "dataset", "image_root": "image_root"},
         produces=lambda cfg: {"store": cfg.out}, input_paths=("dataset", "image_root"),
         help="Stage 1: CNN features (1C / 10C) of every image into an HDF5 feature store.",
     ),
@@ -69,6 +70,12 @@ STAGES: dict[str, StageSpec] = {
         config="demo.run:DemoConfig", run="demo.run:run_demo", consumes={},
         produces=lambda cfg: {}, input_paths=(),
         help="Generate the synthetic demo dataset and run every stage on it (CPU, a few minutes).",
+    ),
+    "demo-data": StageSpec(
+        config="demo.run:DemoDataConfig", run="demo.run:run_generate", consumes={},
+        produces=lambda cfg: {"dataset": str(Path(cfg.out_dir) / "dataset_demo.json"), "image_root": cfg.out_dir},
+        input_paths=(),
+        help="Only render the synthetic demo dataset (Karpathy JSON + images) into --out-dir.",
     ),
     "ablate": StageSpec(
         config="train.ablation:AblationConfig", run="train.ablation:run_ablation", consumes={"store": "store"},

@@ -1,0 +1,163 @@
+"""`pipeline.py demo`: generate the synthetic dataset and run extract -> train -> finetune -> eval on it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Sized so the whole demo runs in a few minutes on 2 CPU cores (see README, "The demo").
+DEMO_TRAIN_IMAGES = 400
+DEMO_VAL_IMAGES = 50
+DEMO_TEST_IMAGES = 50
+DEMO_EMBED_DIM = 256  # the paper's 1024 works too, at ~4x the training time
+DEMO_WORD_DIM = 128
+DEMO_BATCH_SIZE = 64  # 2,000 train captions: ~31 steps per epoch
+DEMO_TRAIN_EPOCHS = 20
+DEMO_LR_DECAY_EPOCHS = 15
+# NOTES: on a small training set MH starts slowly (paper Fig. 2); the demo warms up with SH.
+DEMO_WARMUP_EPOCHS = 5
+
+
+@dataclass
+class DemoDataConfig:
+    """Options of `pipeline.py demo-data`: only render the synthetic dataset (Karpathy JSON + images)."""
+
+    out_dir: str = field(default="demo_out/data", metadata={"help": "folder for dataset_demo.json and images/"})
+    num_train: int = field(default=DEMO_TRAIN_IMAGES, metadata={"help": "train images (5 captions each)"})
+    num_val: int = field(default=DEMO_VAL_IMAGES, metadata={"help": "val images"})
+    num_test: int = field(default=DEMO_TEST_IMAGES, metadata={"help": "test images"})
+    num_restval: int = field(default=0, metadata={"help": "restval images (the paper's rV split)"})
+    image_size: int = field(default=256, metadata={"help": "image side in pixels"})
+    seed: int = field(default=0, metadata={"help": "seed of the scenes and captions"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a dataset generated with other options"})
+
+
+def run_generate(cfg: DemoDataConfig) -> Path:
+    """Render the dataset; return the path of its Karpathy JSON."""
+    from demo.synthetic import generate_demo_dataset
+
+    path = generate_demo_dataset(cfg.out_dir, num_train=cfg.num_train, num_val=cfg.num_val, num_test=cfg.num_test,
+                                 num_restval=cfg.num_restval, image_size=cfg.image_size, seed=cfg.seed,
+                                 overwrite=cfg.overwrite)
+    logger.info("demo dataset: %s (images under %s)", path, path.parent)
+    return path
+
+
+@dataclass
+class DemoConfig:
+    """Options of `pipeline.py demo`; everything lands in out_dir."""
+
+    out_dir: str = field(default="demo_out", metadata={"help": "folder of every artifact of the demo"})
+    num_train: int = field(default=DEMO_TRAIN_IMAGES, metadata={"help": "train images (5 captions each)"})
+    num_val: int = field(default=DEMO_VAL_IMAGES, metadata={"help": "val images"})
+    num_test: int = field(default=DEMO_TEST_IMAGES, metadata={"help": "test images"})
+    pretrain: bool = field(default=True, metadata={
+        "help": "first train the demo's resnet18 on the generated attribute labels (no ImageNet weights can be "
+                "assumed); --no-pretrain extracts with random init"})
+    pretrain_epochs: int = field(default=6, metadata={"help": "epochs of the demo CNN pretraining"})
+    crops: int = field(default=10, metadata={"help": "extract crops: 10 (10C, also writes 1C) or 1",
+                                             "choices": (1, 10)})
+    feature_mode: str = field(default="1c", metadata={
+        "help": "features the train stage reads (1c, 10c, 10c-random, 10c-set)",
+        "choices": ("1c", "10c", "10c-random", "10c-set")})
+    loss: str = field(default="mh", metadata={"help": "train loss", "choices": ("sh", "mh", "group", "infonce")})
+    warmup_epochs: int = field(default=DEMO_WARMUP_EPOCHS, metadata={"help": "SH epochs before MH"})
+    train_epochs: int = field(default=DEMO_TRAIN_EPOCHS, metadata={"help": "train-stage epochs"})
+    embed_dim: int = field(default=DEMO_EMBED_DIM, metadata={"help": "joint space and GRU size (paper: 1024)"})
+    word_dim: int = field(default=DEMO_WORD_DIM, metadata={"help": "word embedding size (paper: 300)"})
+    batch_size: int = field(default=DEMO_BATCH_SIZE, metadata={"help": "captions per step"})
+    finetune: bool = field(default=True, metadata={"help": "run the finetune stage (--no-finetune skips it)"})
+    finetune_epochs: int = field(default=1, metadata={"help": "finetune epochs"})
+    finetune_unfreeze: str = field(default="1", metadata={"help": "CNN stages to unfreeze ('all' or last N)"})
+    finetune_batch_size: int = field(default=32, metadata={"help": "captions per finetune step"})
+    workers: int = field(default=2, metadata={"help": "image decoding workers"})
+    seed: int = field(default=0, metadata={"help": "seed of data, init, order and crops"})
+
+
+def _stage_configs(cfg: DemoConfig, dataset_json: Path, weights: str) -> dict:
+    """The four stage configs the demo runs, as a user would write them."""
+    from eval.config import EvalConfig
+    from extract.config import ExtractConfig
+    from train.config import FinetuneConfig, TrainConfig
+
+    out = Path(cfg.out_dir)
+    store = str(out / "features.h5")
+    extract = ExtractConfig(dataset=str(dataset_json), image_root=str(dataset_json.parent), out=store,
+                            backbone="resnet18", weights=weights, crops=cfg.crops, batch_size=16,
+                            workers=cfg.workers, seed=cfg.seed)
+    train = TrainConfig(store=store, out_dir=str(out / "train"), feature_mode=cfg.feature_mode, loss=cfg.loss,
+                        warmup_epochs=cfg.warmup_epochs, epochs=cfg.train_epochs, embed_dim=cfg.embed_dim,
+                        word_dim=cfg.word_dim, batch_size=cfg.batch_size, lr_decay_epochs=DEMO_LR_DECAY_EPOCHS,
+                        seed=cfg.seed, device="cpu")
+    finetune = FinetuneConfig(checkpoint=str(out / "train" / "best.pt"), out_dir=str(out / "finetune"),
+                              epochs=cfg.finetune_epochs, unfreeze=cfg.finetune_unfreeze,
+                              batch_size=cfg.finetune_batch_size, workers=cfg.workers, seed=cfg.seed,
+                              device="cpu", weights=weights if weights != "none" else "")
+    evals = {stage: EvalConfig(checkpoint=str(out / stage / "best.pt"), split="test", protocol="all-images",
+                               out=str(out / f"eval-{stage}.json"), workers=cfg.workers, device="cpu")
+             for stage in ("train", "finetune")}
+    return {"extract": extract, "train": train, "finetune": finetune, "eval": evals}
+
+
+def _recall_table(rows: dict[str, dict], *, num_test: int) -> str:
+    """Markdown table of R@K after each stage, with chance level (5 captions per image) for reference."""
+    keys = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"]
+    chance = {f"{d}_r{k}": 100.0 * min(1.0, k / num_test) for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    chance["rsum"] = sum(chance.values())
+    lines = ["| after | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, scores in {**rows, "chance": chance}.items():
+        lines.append(f"| {name} | " + " | ".join(f"{scores[key]:.1f}" for key in keys) + " |")
+    return "\n".join(lines)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Generate -> (pretrain) -> extract -> train -> (finetune) -> eval; print and save the recall table."""
+    from demo.pretrain import pretrain_demo_backbone
+    from eval.run import run_eval
+    from extract.run import run_extract
+    from train.finetune import run_finetune
+    from train.run import run_train
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    dataset_json = run_generate(DemoDataConfig(out_dir=str(out / "data"), num_train=cfg.num_train,
+                                               num_val=cfg.num_val, num_test=cfg.num_test, seed=cfg.seed))
+    timings["generate"] = time.perf_counter() - start
+    weights = "none"
+    if cfg.pretrain:
+        start = time.perf_counter()
+        weights_path = out / "demo_resnet18.pth"
+        if not weights_path.is_file():  # a rerun of the demo reuses its CNN
+            pretrain_demo_backbone(dataset_json, dataset_json.parent, weights_path, epochs=cfg.pretrain_epochs,
+                                   seed=cfg.seed)
+        weights = str(weights_path)
+        timings["pretrain"] = time.perf_counter() - start
+    stages = _stage_configs(cfg, dataset_json, weights)
+    results: dict[str, dict] = {}
+    for name, run in (("extract", run_extract), ("train", run_train), ("finetune", run_finetune)):
+        if name == "finetune" and not cfg.finetune:
+            continue
+        start = time.perf_counter()
+        run(stages[name])
+        timings[name] = time.perf_counter() - start
+        if name != "extract":
+            scores = run_eval(stages["eval"][name])["protocols"]["all-images"]
+            results[name] = {key: value for key, value in scores.items() if key != "folds"}
+    table = _recall_table(results, num_test=cfg.num_test)
+    summary = {"recall": results, "seconds": {k: round(v, 1) for k, v in timings.items()}, "table": table}
+    (out / "demo_results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "demo_results.md").write_text(table + "\n")
+    print(f"\nRecall@K on the {cfg.num_test} test images ({cfg.num_test * 5} captions), all-images protocol:\n")
+    print(table)
+    print("\nseconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    print(f"artifacts in {out}/ (features.h5, train/, finetune/, eval-*.json, demo_results.md)")
+    return summary
