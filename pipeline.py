@@ -169,7 +169,7 @@ def _make_command(stage: str, spec: StageSpec) -> click.Command:
         return stage, {k: v for k, v in given.items() if v is not None}
 
     command = click.Command(stage, callback=callback, help=spec.help)
-    for field in reversed(dataclasses.fields(config_cls)):
+    for field in dataclasses.fields(config_cls):  # options decorating a Command are appended in order
         if field.metadata.get("cli", True):
             command = _option_for(field, hints[field.name])(command)
     presets = _presets_of(spec)

@@ -158,9 +158,6 @@ class ImageCaptionBatches(torch.utils.data.Dataset):
                                              generator=loader_generator)
         yield from loader
 
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
     def __getitem__(self, index: int) -> Batch:
         epoch, step = divmod(int(index), self.steps_per_epoch)
         return self.batch(epoch, step)

@@ -160,7 +160,7 @@ def test_resized_crop_boxes_stay_inside_the_image(height: int, width: int):
     for top, left, box_height, box_width in boxes:
         assert 0 <= top and 0 <= left and box_height >= 1 and box_width >= 1
         assert top + box_height <= height and left + box_width <= width
-    if 0.5 < height / width < 2 and height * width > 100:  # more elongated images mostly get the clamped center box (fallback)
+    if 0.5 < height / width < 2 and height * width > 100:  # elongated images mostly get the fallback center box
         assert len(set(boxes)) > 50
 
 
@@ -219,3 +219,23 @@ def test_finetune_config_fields_document_themselves():
         validate_finetune_options(FinetuneConfig(checkpoint="c.pt", rc="center"))
     with pytest.raises(ValueError, match="--cnn-lr"):
         validate_finetune_options(FinetuneConfig(checkpoint="c.pt", cnn_lr=0.0))
+
+
+def test_adaptive_head_on_one_crop_equals_the_set_of_one():
+    config = FinetuneConfig(embed_dim=8, word_dim=4, feature_mode="10c-set", image_pool="adaptive")
+    model = build_model(config, vocab_size=10, feature_dim=16)
+    features = torch.randn(3, 16)
+    head = model.image_encoder.head
+    assert torch.allclose(head(features), head(features.unsqueeze(1)), atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cnn_trains_under_autocast_on_cuda(resnet18_backbone, dtype: torch.dtype):
+    cnn = CNNBackbone(resnet18_backbone(), grad_checkpointing=True).cuda()
+    cnn.unfreeze_backbone(None)
+    cnn.train()
+    with torch.autocast("cuda", dtype=dtype):
+        features = cnn(_crops().cuda())
+    features.float().pow(2).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in cnn.parameters() if p.requires_grad)

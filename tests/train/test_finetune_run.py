@@ -176,7 +176,10 @@ def test_batches_are_deterministic_and_crops_change_between_epochs(setup: Finetu
         later = batches.batch(1, 0)
         assert set(later.image_ids.tolist()) - set(store.image_indices(["train"]).tolist()) == set()
         # the same image in two epochs gets another crop
-        epoch0 = {int(i): img for b in range(4) for i, img in zip(batches.batch(0, b).image_ids, batches.batch(0, b).images)}
-        epoch1 = {int(i): img for i, img in zip(later.image_ids, later.images)}
+        epoch0 = {}
+        for step in range(4):
+            batch = batches.batch(0, step)
+            epoch0.update(zip(batch.image_ids.tolist(), batch.images))
+        epoch1 = dict(zip(later.image_ids.tolist(), later.images))
         shared = set(epoch0) & set(epoch1)
         assert shared and all(not torch.equal(epoch0[i], epoch1[i]) for i in shared)
