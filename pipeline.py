@@ -33,6 +33,8 @@ class StageSpec:
     input_paths: tuple[str, ...]  # config fields naming files or folders that must exist before the run
     help: str
     required: tuple[str, ...] = ()  # fields that must be non-empty once defaults, chain and file are applied
+    hidden: str = ""  # "module:NAME" of a tuple of fields the command does not offer (taken from elsewhere)
+    checks: tuple[str, ...] = ()  # "module:function"s that validate the config without touching the disk
 
 
 def _train_outputs(cfg: Any) -> dict[str, str]:
@@ -50,14 +52,16 @@ STAGES: dict[str, StageSpec] = {
         config="train.config:TrainConfig", run="train.run:run_train", consumes={"store": "store"},
         produces=_train_outputs, input_paths=("store", "resume"),
         help="Stage 2: train the caption encoder and projection heads on stored features.",
-        required=("store",),
+        required=("store",), checks=("train.run:validate_options",),
     ),
     "finetune": StageSpec(
         config="train.config:FinetuneConfig", run="train.finetune:run_finetune",
         consumes={"checkpoint": "checkpoint", "store": "store"},
         produces=_train_outputs, input_paths=("checkpoint", "store", "image_root", "resume"),
-        help="Stage 3: fine-tune the CNN end to end on random crops of the raw images.",
-        required=("checkpoint",),
+        help="Stage 3: fine-tune the CNN end to end on random crops of the raw images. The model, loss and "
+             "vocabulary options come from the train-stage checkpoint.",
+        required=("checkpoint",), hidden="train.config:CHECKPOINT_FIELDS",
+        checks=("train.finetune:validate_finetune_options", "train.run:validate_options"),
     ),
     "eval": StageSpec(
         config="eval.config:EvalConfig", run="eval.run:run_eval",
@@ -169,8 +173,9 @@ def _make_command(stage: str, spec: StageSpec) -> click.Command:
         return stage, {k: v for k, v in given.items() if v is not None}
 
     command = click.Command(stage, callback=callback, help=spec.help)
+    hidden = set(_load(spec.hidden)) if spec.hidden else set()
     for field in dataclasses.fields(config_cls):  # options decorating a Command are appended in order
-        if field.metadata.get("cli", True):
+        if field.name not in hidden:
             command = _option_for(field, hints[field.name])(command)
     presets = _presets_of(spec)
     if presets:
@@ -234,6 +239,8 @@ def _build_configs(steps: list[tuple[str, dict]], file_sections: dict[str, dict]
         cfg = config_cls(**values)
         if hasattr(cfg, "validate"):
             cfg.validate()
+        for check in spec.checks:
+            _load(check)(cfg)
         for field in spec.input_paths:
             for path in _paths_of(getattr(cfg, field, "")):
                 if path not in produced and not Path(path).exists():

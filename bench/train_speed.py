@@ -57,16 +57,17 @@ def step_gflop(batch: Batch, *, word_dim: int, embed_dim: int, feature_dim: int)
     return {name: flop / 1e9 for name, flop in parts.items()}
 
 
-def time_steps(trainer: Trainer, batches: list[Batch], *, threads: int, warmup: int, steps: int) -> list[float]:
-    """Seconds of each of `steps` train_step calls after `warmup` untimed ones, with `threads` torch threads."""
+def time_steps(trainer: Trainer, batches: list[Batch], *, threads: int, warmup: int,
+               steps: int) -> list[tuple[float, float]]:
+    """(wall s, process CPU s) of each of `steps` train_step calls after `warmup` untimed ones."""
     torch.set_num_threads(threads)
     for number in range(warmup):
         trainer.train_step(batches[number % len(batches)])
     seconds = []
     for number in range(steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         trainer.train_step(batches[number % len(batches)])
-        seconds.append(time.perf_counter() - start)
+        seconds.append((time.perf_counter() - start, time.process_time() - start_cpu))
     return seconds
 
 
@@ -97,13 +98,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out_dir:  # train_step writes nothing; the Trainer wants a folder
         trainer = Trainer(model, config=cfg, batches=None, validate=lambda _: {}, out_dir=out_dir, vocab=vocab,
                           model_spec={}, device="cpu")
-        seconds: dict[int, list[float]] = {threads: [] for threads in thread_counts}
+        timings: dict[int, list[tuple[float, float]]] = {threads: [] for threads in thread_counts}
         for round_number in range(args.rounds):
             order = thread_counts if round_number % 2 == 0 else thread_counts[::-1]
             for threads in order:
-                seconds[threads] += time_steps(trainer, batches, threads=threads, warmup=args.warmup,
+                timings[threads] += time_steps(trainer, batches, threads=threads, warmup=args.warmup,
                                                steps=args.steps)
 
+    seconds = {threads: [wall for wall, _ in pairs] for threads, pairs in timings.items()}
+    cpu_seconds = {threads: [cpu for _, cpu in pairs] for threads, pairs in timings.items()}
     gflop = [sum(step_gflop(batch, word_dim=args.word_dim, embed_dim=args.embed_dim,
                             feature_dim=args.feature_dim).values()) for batch in batches]
     parts = step_gflop(batches[0], word_dim=args.word_dim, embed_dim=args.embed_dim, feature_dim=args.feature_dim)
@@ -116,11 +119,14 @@ def main() -> None:
           f"{parts['image_head']:.1f}, sims {parts['sims']:.2f}; batch 0)")
     print(f"{args.rounds} round(s) x {args.steps} timed steps after {args.warmup} warm-up, per thread count")
     print(f"{'threads':>7s} {'median s/step':>13s} {'mean s/step':>11s} {'min s/step':>10s} "
-          f"{'steps/s':>7s} {'GFLOPS':>6s}")
+          f"{'steps/s':>7s} {'GFLOPS':>6s} {'CPU s/step':>10s}")
+    # CPU s/step = process CPU time (all threads) per step: wall >> CPU / threads means the cores were busy
+    # with other processes during the run.
     for threads in thread_counts:
         median = statistics.median(seconds[threads])
         print(f"{threads:7d} {median:13.3f} {statistics.mean(seconds[threads]):11.3f} "
-              f"{min(seconds[threads]):10.3f} {1 / median:7.2f} {mean_gflop / median:6.1f}")
+              f"{min(seconds[threads]):10.3f} {1 / median:7.2f} {mean_gflop / median:6.1f} "
+              f"{statistics.median(cpu_seconds[threads]):10.3f}")
     if len(thread_counts) > 1:
         first, last = thread_counts[0], thread_counts[-1]
         print(f"speed-up {last} vs {first} threads (median): "

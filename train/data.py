@@ -14,7 +14,7 @@ Feature modes (what one caption's image looks like in a batch):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +24,9 @@ from train.config import FEATURE_MODES
 from train.text import Vocabulary, caption_tokens
 
 NUM_CROPS = 10
-# Keeps random streams of different uses apart when seeded with (seed, epoch[, step]).
-ORDER_STREAM, CROP_STREAM = 0, 1
+# Independent random streams, keyed by (seed, epoch, [step,] stream): 2 is the trainer's group-k stream,
+# 3 finetune's random crops.
+ORDER_STREAM, CROP_STREAM, LOADER_STREAM = 0, 1, 4
 
 
 def store_kind(feature_mode: str) -> str:
@@ -64,7 +65,28 @@ def read_image_features(features: np.ndarray, image_rows: np.ndarray, *, feature
 
 
 def _keep_batch(batch: "Batch") -> "Batch":
-    return batch  # batches are built whole by CaptionBatches; a picklable no-op collate for workers
+    return batch  # batches are built whole by the batch source; a picklable no-op collate for workers
+
+
+def iterate_epoch(source: torch.utils.data.Dataset, epoch: int, *, order: Callable[[], np.ndarray], seed: int,
+                  start_step: int, workers: int) -> Iterator["Batch"]:
+    """Batches start_step.. of `epoch` of a batch source (train's CaptionBatches, finetune's image batches).
+
+    The source indexes whole batches by epoch * steps_per_epoch + step and builds batch (epoch, step) from
+    (seed, epoch, step) alone, so a resume mid-epoch sees the same batches. With workers > 0 a DataLoader
+    builds them in worker processes; its private generator keeps the global RNG untouched (exact resume).
+    """
+    if workers <= 0:
+        caption_order = order()
+        for step in range(start_step, source.steps_per_epoch):
+            yield source.batch(epoch, step, order=caption_order)
+        return
+    first = epoch * source.steps_per_epoch
+    loader_seed = int(np.random.SeedSequence([seed, epoch, LOADER_STREAM]).generate_state(1)[0])
+    loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=workers, collate_fn=_keep_batch,
+                                         sampler=range(first + start_step, first + source.steps_per_epoch),
+                                         generator=torch.Generator().manual_seed(loader_seed))
+    yield from loader
 
 
 def pad_token_ids(token_ids: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,16 +170,8 @@ class CaptionBatches(torch.utils.data.Dataset):
 
     def epoch_batches(self, epoch: int, *, start_step: int = 0, workers: int = 0) -> Iterator[Batch]:
         """Batches start_step.. of `epoch`, in order; `workers` > 0 builds them in DataLoader processes."""
-        if workers <= 0:
-            order = self.epoch_order(epoch)
-            for step in range(start_step, self.steps_per_epoch):
-                yield self.batch(epoch, step, order=order)
-            return
-        first = epoch * self.steps_per_epoch
-        indices = range(first + start_step, first + self.steps_per_epoch)
-        loader = torch.utils.data.DataLoader(self, batch_size=None, sampler=indices, num_workers=workers,
-                                             collate_fn=_keep_batch)
-        yield from loader
+        yield from iterate_epoch(self, epoch, order=lambda: self.epoch_order(epoch), seed=self.seed,
+                                 start_step=start_step, workers=workers)
 
     def __getitem__(self, index: int) -> Batch:
         epoch, step = divmod(int(index), self.steps_per_epoch)

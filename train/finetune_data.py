@@ -19,12 +19,12 @@ from PIL import Image
 from extract.loader import ImageDataset, make_loader, to_rgb
 from extract.transforms import CROP, RESIZE, Box, pil_to_uint8_tensor, resize_image
 from train.config import RC_MODES
-from train.data import Batch, CaptionBatches, pad_token_ids
+from train.data import Batch, CaptionBatches, iterate_epoch, pad_token_ids
 from train.encode import encode_token_lists, split_rows
 from train.model import VSEModel
 from train.text import Vocabulary, caption_tokens
 
-RC_STREAM, LOADER_STREAM = 3, 4  # apart from train.data's ORDER/CROP streams and the trainer's group-k stream
+RC_STREAM = 3  # apart from train.data's streams and the trainer's group-k stream
 RESIZED_SCALE = (0.08, 1.0)  # RandomResizedCrop defaults (area fraction, aspect ratio range)
 RESIZED_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 RESIZED_ATTEMPTS = 10
@@ -98,10 +98,6 @@ def open_rgb(path: Path) -> Image.Image:
                          "restore the file") from err
 
 
-def _whole_batch(batch: Batch) -> Batch:
-    return batch  # batches are built whole in the workers; a picklable no-op collate
-
-
 class ImageCaptionBatches(torch.utils.data.Dataset):
     """Caption batches whose images are uint8 RC crops [B, 3, 224, 224] of the raw images.
 
@@ -143,20 +139,8 @@ class ImageCaptionBatches(torch.utils.data.Dataset):
 
     def epoch_batches(self, epoch: int, *, start_step: int = 0, workers: int = 0) -> Iterator[Batch]:
         """Batches start_step.. of `epoch`, in order; `workers` > 0 decodes them in DataLoader processes."""
-        if workers <= 0:
-            order = self.captions.epoch_order(epoch)
-            for step in range(start_step, self.steps_per_epoch):
-                yield self.batch(epoch, step, order=order)
-            return
-        first = epoch * self.steps_per_epoch
-        # A private generator: the loader's base seed must not consume the global RNG (exact resume).
-        loader_generator = torch.Generator().manual_seed(int(np.random.SeedSequence(
-            [self.seed, epoch, LOADER_STREAM]).generate_state(1)[0]))
-        loader = torch.utils.data.DataLoader(self, batch_size=None, sampler=range(first + start_step,
-                                                                                  first + self.steps_per_epoch),
-                                             num_workers=workers, collate_fn=_whole_batch,
-                                             generator=loader_generator)
-        yield from loader
+        yield from iterate_epoch(self, epoch, order=lambda: self.captions.epoch_order(epoch), seed=self.seed,
+                                 start_step=start_step, workers=workers)
 
     def __getitem__(self, index: int) -> Batch:
         epoch, step = divmod(int(index), self.steps_per_epoch)

@@ -1,0 +1,103 @@
+"""The Click CLI: chained stages on tiny generated data, validation before any stage, config files, --help."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import pipeline
+
+TINY_DATA = ["demo-data", "--num-train", "10", "--num-val", "4", "--num-test", "4", "--image-size", "64"]
+TINY_EXTRACT = ["extract", "--backbone", "resnet18", "--weights", "none", "--crops", "10", "--workers", "0",
+                "--batch-size", "6"]
+TINY_TRAIN = ["--embed-dim", "16", "--word-dim", "8", "--batch-size", "8", "--epochs", "2", "--workers", "0"]
+
+
+def invoke(args: list[str], cwd: Path):
+    """Run the CLI in `cwd` (relative default paths land there) and return the click Result."""
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=cwd):
+        result = runner.invoke(pipeline.cli, ["--log-level", "WARNING", *args], catch_exceptions=False)
+        result.workdir = Path.cwd()
+    return result
+
+
+def test_chain_runs_every_stage_and_passes_artifacts_along(tmp_path):
+    args = [*TINY_DATA, "--out-dir", "data", *TINY_EXTRACT, "--out", "feats.h5",
+            "train", "--out-dir", "run", "--feature-mode", "10c", *TINY_TRAIN,
+            "finetune", "--out-dir", "ft", "--epochs", "1", "--max-steps", "1", "--batch-size", "4",
+            "--unfreeze", "1", "--workers", "0",
+            "eval", "--protocol", "all"]
+    result = invoke(args, tmp_path)
+    assert result.exit_code == 0, result.output
+    work = result.workdir
+    for artifact in ("data/dataset_demo.json", "feats.h5", "feats.h5.extract.json", "run/best.pt",
+                     "run/config.json", "ft/best.pt", "ft/config.json", "ft/eval-test.json"):
+        assert (work / artifact).is_file(), artifact
+    finetune_cfg = json.loads((work / "ft/config.json").read_text())
+    assert finetune_cfg["checkpoint"] == "run/best.pt" and finetune_cfg["store"] == "feats.h5"
+    results = json.loads((work / "ft/eval-test.json").read_text())
+    assert results["kind"] == "finetune" and list(results["protocols"]) == ["all-images"]
+    assert "i2t (caption retrieval)" in result.output
+
+
+@pytest.mark.parametrize("bad_stage, message", [
+    (["train", "--out-dir", "run", "--batch-size", "0"], "batch"),
+    (["train", "--out-dir", "run", "--train-splits", "train,holdout"], "holdout"),
+    (["eval", "--checkpoint", "missing.pt"], "missing.pt"),
+])
+def test_a_bad_option_stops_before_any_stage_runs(tmp_path, bad_stage, message):
+    result = invoke([*TINY_DATA, "--out-dir", "data", *TINY_EXTRACT, "--out", "feats.h5", *bad_stage], tmp_path)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (result.workdir / "data").exists() and not (result.workdir / "feats.h5").exists()
+
+
+def test_unknown_choice_is_a_usage_error(tmp_path):
+    result = invoke(["extract", "--dataset", "d.json", "--image-root", ".", "--out", "f.h5",
+                     "--backbone", "alexnet"], tmp_path)
+    assert result.exit_code == 2 and "alexnet" in result.output
+
+
+def test_missing_required_option_names_the_flag(tmp_path):
+    result = invoke(["train", "--out-dir", "run"], tmp_path)
+    assert result.exit_code == 2 and "--store" in result.output
+
+
+def test_config_file_supplies_options_and_command_line_wins(tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("demo-data:\n  num_train: 3\n  num_val: 1\n  num_test: 1\n  image_size: 64\n"
+                      "  out_dir: from_file\n")
+    result = invoke(["--config", str(config), "demo-data", "--num-test", "2"], tmp_path)
+    assert result.exit_code == 0, result.output
+    dataset = json.loads((result.workdir / "from_file" / "dataset_demo.json").read_text())
+    splits = [image["split"] for image in dataset["images"]]
+    assert (splits.count("train"), splits.count("val"), splits.count("test")) == (3, 1, 2)
+
+
+def test_config_file_with_an_unknown_option_is_rejected(tmp_path):
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"train": {"epochs": 3, "learning_rate": 0.1}}))
+    result = invoke(["--config", str(config), "train", "--store", str(config)], tmp_path)
+    assert result.exit_code == 2 and "learning_rate" in result.output
+
+
+def test_preset_sets_fields_and_explicit_options_win(tmp_path):
+    store = tmp_path / "s.h5"
+    store.touch()
+    plan = pipeline._build_configs([("train", {"store": str(store), "preset": "order++", "margin": 0.1})], {})
+    (_, cfg), = plan
+    assert cfg.loss == "order" and cfg.abs_embeddings and cfg.margin == 0.1
+
+
+@pytest.mark.parametrize("stage", sorted(pipeline.STAGES))
+def test_help_of_every_command_shows_defaults(stage):
+    result = CliRunner().invoke(pipeline.cli, [stage, "--help"])
+    assert result.exit_code == 0
+    assert "[default:" in result.output or "[required]" in result.output
+
+
+def test_finetune_hides_the_options_it_takes_from_the_checkpoint():
+    result = CliRunner().invoke(pipeline.cli, ["finetune", "--help"])
+    assert "--unfreeze" in result.output and "--text-pool" not in result.output
