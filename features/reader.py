@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 
 from features.datasets import validate_split_names
+from features.rows import FeatureRows
 from features.schema import (
     CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CROP_CHOICES, FEATURE_DTYPES,
     IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, SCHEMA_VERSION, TEN_CROP_ORDER, Status,
@@ -178,6 +179,17 @@ class FeatureStore:
             self._features[kind] = np.memmap(self.path, dtype=dataset.dtype, mode="r", offset=offset,
                                              shape=dataset.shape)
         return self._features[kind]
+
+    def feature_rows(self, kind: str) -> "FeatureRows | h5py.Dataset":
+        """Like features(kind), but for batch reads: `reader[sorted_unique_rows]` -> a fresh array.
+
+        Contiguous stores give a FeatureRows (preadv, memory bounded by the batch: what training and
+        encoding use); chunked stores give the h5py Dataset, as features() does.
+        """
+        features = self.features(kind)
+        if not isinstance(features, np.memmap):
+            return features
+        return FeatureRows(self.path, offset=features.offset, shape=features.shape, dtype=features.dtype)
 
     def image_indices(self, splits: Sequence[str] | str) -> np.ndarray:
         """Sorted int64 rows of images in `splits` whose features are done (failed/pending excluded)."""

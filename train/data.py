@@ -161,7 +161,7 @@ class CaptionBatches(torch.utils.data.Dataset):
         if self.feature_mode == "10c-random":
             crops = np.random.default_rng([self.seed, epoch, step, CROP_STREAM]).integers(0, NUM_CROPS,
                                                                                           len(positions))
-        features = read_image_features(self.store.features(self.kind), image_rows,
+        features = read_image_features(self.store.feature_rows(self.kind), image_rows,
                                        feature_mode=self.feature_mode, crop_indices=crops)
         tokens, lengths = pad_token_ids([self.token_ids[position] for position in positions])
         return Batch(tokens=tokens, lengths=lengths, images=torch.from_numpy(features),

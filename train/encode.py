@@ -23,7 +23,7 @@ def encode_store_images(model: VSEModel, store: object, image_rows: np.ndarray, 
                         batch_size: int, device: torch.device | str) -> torch.Tensor:
     """image_emb [N, E] float32 on the CPU for `image_rows`, read from the store in batches."""
     mode = eval_feature_mode(feature_mode)
-    features = store.features(store_kind(mode))
+    features = store.feature_rows(store_kind(mode))
     chunks = []
     for start in range(0, len(image_rows), batch_size):
         block = read_image_features(features, image_rows[start:start + batch_size], feature_mode=mode)

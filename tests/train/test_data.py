@@ -75,8 +75,8 @@ def test_random_crops_are_valid_and_change_across_steps(store_path: Path):
 
 def test_reads_only_the_batch_rows_sorted_and_unique(store_path: Path, monkeypatch: pytest.MonkeyPatch):
     with FeatureStore(store_path) as store:
-        recorder = RecordingFeatures(store.features("10c"))
-        monkeypatch.setattr(store, "features", lambda kind: recorder)
+        recorder = RecordingFeatures(store.feature_rows("10c"))
+        monkeypatch.setattr(store, "feature_rows", lambda kind: recorder)
         batches = _batches(store, "10c")
         for batch in batches.epoch_batches(0):
             read = recorder.reads.pop()
