@@ -36,7 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from features.datasets import DatasetIndex  # noqa: E402
-from features.store import FeatureStoreWriter, contiguous_runs  # noqa: E402
+from features.rows import contiguous_runs  # noqa: E402
+from features.store import FeatureStoreWriter  # noqa: E402
 
 CROPS = 10
 WORDS_PER_CAPTION = 12

@@ -10,6 +10,7 @@ import numpy as np
 
 from features.datasets import DatasetIndex, validate_split_names
 from features.reader import attr_to_python, read_attrs, status_summary, validate_layout
+from features.rows import contiguous_runs
 from features.schema import (
     CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CONFIG_ATTRS, CROP_CHOICES,
     FEATURE_DTYPES, FEATURES_GROUP, IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, SCHEMA_VERSION,
@@ -106,14 +107,6 @@ def _write_tables(h5file: h5py.File, dataset: DatasetIndex) -> None:
     h5file.create_dataset(CAPTIONS_IMAGE_INDEX, data=caption_image_index)
     caption_splits = np.array(dataset.image_splits, dtype=object)[caption_image_index]
     h5file.create_dataset(CAPTIONS_SPLIT, data=caption_splits, dtype=STRING_DTYPE)
-
-
-def contiguous_runs(rows: np.ndarray) -> list[tuple[int, int]]:
-    """Split sorted rows into runs of consecutive values; return (begin, end) positions into `rows`."""
-    if len(rows) == 0:
-        return []
-    breaks = (np.flatnonzero(np.diff(rows) != 1) + 1).tolist()
-    return list(zip([0] + breaks, breaks + [len(rows)]))
 
 
 class FeatureStoreWriter:

@@ -9,7 +9,7 @@ import pytest
 
 from features import store as store_module
 from features.schema import CONFIG_ATTRS, SCHEMA_VERSION, Status
-from features.store import FeatureStoreWriter, contiguous_runs
+from features.store import FeatureStoreWriter
 
 
 def test_create_allocates_contiguous_features_all_pending(make_store, tmp_path: Path) -> None:
@@ -163,8 +163,3 @@ def test_create_replaces_existing_store(make_store, random_features) -> None:
     first.write_rows(np.array([0]), random_features(1, 1, seed=3)[0], None)
     first.close()
     assert make_store(crops=1).summary()["done"] == 0
-
-
-def test_contiguous_runs() -> None:
-    assert contiguous_runs(np.array([], dtype=np.int64)) == []
-    assert contiguous_runs(np.array([1, 2, 3, 7, 9, 10])) == [(0, 3), (3, 4), (4, 6)]
