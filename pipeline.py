@@ -10,7 +10,6 @@ import dataclasses
 import importlib
 import json
 import logging
-import sys
 import types
 import typing
 from dataclasses import dataclass

@@ -28,7 +28,8 @@ from PIL import Image
 from extract.backbones import build_backbone
 from extract.config import ExtractConfig
 from extract.loader import load_crops
-from extract.run import resolve_device, run_extract
+from extract.device import resolve_device
+from extract.run import run_extract
 from extract.transforms import normalize
 
 

@@ -1,7 +1,7 @@
 """Benchmark (b): peak RSS of one training epoch on a ~2 GB 10C store vs a ~200 MB one (goal: ratio <= 1.2).
 
     python bench/train_memory.py                        # 2000 MB vs 200 MB of features/10c, then delete both
-    python bench/train_memory.py --big-mb 1000 --small-mb 100 --keep --readers memmap
+    python bench/train_memory.py --big-mb 1000 --small-mb 100 --keep --readers shipped
 
 Two synthetic stores (random float32 10C features, 5 captions of 12 words per image, `--val-images` of
 them in the val split) are written with FeatureStoreWriter under --dir. Each measurement is one fresh
@@ -12,16 +12,16 @@ it read every image row and reports, from /proc/self/status: VmHWM (the kernel's
 peaks of RssAnon (anonymous memory: Python objects, arrays, torch) and RssFile (file-backed pages mapped
 in the process, i.e. the memmap's page-cache pages) sampled every 10 ms by a thread.
 
-`--readers` chooses how the child reads feature rows: "memmap" is the code as shipped (FeatureStore's
-np.memmap); "madvise" and "pread" are candidate fixes patched in by this benchmark only: the same rows
-read through an mmap that is madvise(MADV_DONTNEED)-ed after each batch, or os.preadv into a fresh array.
+`--readers` chooses how the child reads feature rows: "shipped" is the code as it is (FeatureStore.feature_rows:
+a FeatureRows that os.preadv-s each batch's rows into a fresh array), only wrapped to count the rows read;
+"memmap" is the previous behaviour, for reference: feature_rows patched (in the child only) to hand out the
+np.memmap of FeatureStore.features, whose touched pages stay mapped and count in RSS.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import mmap
 import os
 import platform
 import shutil
@@ -36,7 +36,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from features.datasets import DatasetIndex  # noqa: E402
-from features.rows import contiguous_runs  # noqa: E402
 from features.store import FeatureStoreWriter  # noqa: E402
 
 CROPS = 10
@@ -47,7 +46,7 @@ STORE_ATTRS = {
     "torch_version": "bench", "torchvision_version": "bench", "command": "bench/train_memory.py",
     "image_root": "/nowhere", "dataset_path": "/nowhere/dataset.json",
 }
-READERS = ("memmap", "madvise", "pread")
+READERS = ("shipped", "memmap")
 MIB = 2 ** 20
 
 
@@ -122,72 +121,37 @@ class PeakSampler(threading.Thread):
                 self.peak[key] = max(self.peak[key], status[key])
 
 
-class MadviseRows:
-    """Rows of one contiguous dataset through an mmap whose pages are dropped from the process after each read."""
-
-    def __init__(self, path: str, *, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        with open(path, "rb") as file:
-            self.mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        self.array = np.frombuffer(self.mapping, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
-
-    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
-        block = self.array[rows]  # fancy indexing copies
-        self.mapping.madvise(mmap.MADV_DONTNEED)  # unmap the pages just read; they stay in the page cache
-        return block
-
-
-class PreadRows:
-    """Rows of one contiguous dataset read with os.preadv into a fresh array (no mapping at all)."""
-
-    def __init__(self, path: str, *, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.fd = os.open(path, os.O_RDONLY)
-        self.offset, self.shape, self.dtype = offset, shape, np.dtype(dtype)
-        self.row_bytes = int(np.prod(shape[1:])) * self.dtype.itemsize
-
-    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, dtype=np.int64)
-        block = np.empty((len(rows),) + tuple(self.shape[1:]), dtype=self.dtype)
-        block_bytes = block.reshape(len(rows), -1).view(np.uint8)
-        for begin, end in contiguous_runs(rows):
-            target = memoryview(block_bytes[begin:end]).cast("B")
-            got = os.preadv(self.fd, [target], self.offset + int(rows[begin]) * self.row_bytes)
-            assert got == len(target), f"short read: {got} of {len(target)} bytes"
-        return block
-
-
 class CountingRows:
-    """Delegates row reads to `reader` and records which rows were read."""
+    """Delegates row reads to `reader` and marks the rows read in `read` (shared by all readers of a store)."""
 
-    def __init__(self, reader: object, num_rows: int) -> None:
-        self.reader, self.read = reader, np.zeros(num_rows, dtype=bool)
+    def __init__(self, reader: object, read: np.ndarray) -> None:
+        self.reader, self.read = reader, read
 
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
         self.read[rows] = True
         return self.reader[rows]
 
 
-def install_reader(name: str) -> list[CountingRows]:
-    """Patch FeatureStore.features (in this child only) to hand out counting readers of kind `name`."""
+def install_reader(name: str) -> list[np.ndarray]:
+    """Patch FeatureStore.feature_rows (in this child only) to count rows; "memmap" also swaps in the memmap.
+
+    Returns the row masks, one per (store, kind) in the order first asked for; the first is training's.
+    """
     from features.reader import FeatureStore
 
-    original, counters = FeatureStore.features, []
+    original, masks = FeatureStore.feature_rows, []
 
-    def features(store: FeatureStore, kind: str) -> CountingRows:
-        cache = store.__dict__.setdefault("_bench_readers", {})
-        if kind not in cache:
-            memmap = original(store, kind)  # np.memmap: gives the offset; no page is touched here
-            assert isinstance(memmap, np.memmap), "the benchmark stores are contiguous"
-            if name == "memmap":
-                reader = memmap
-            else:
-                reader = (MadviseRows if name == "madvise" else PreadRows)(
-                    str(store.path), offset=memmap.offset, shape=memmap.shape, dtype=memmap.dtype)
-            cache[kind] = CountingRows(reader, memmap.shape[0])
-            counters.append(cache[kind])
-        return cache[kind]
+    def feature_rows(store: FeatureStore, kind: str) -> CountingRows:
+        reader = original(store, kind) if name == "shipped" else store.features(kind)
+        assert name == "shipped" or isinstance(reader, np.memmap), "the benchmark stores are contiguous"
+        read = store.__dict__.setdefault("_bench_read", {})
+        if kind not in read:
+            read[kind] = np.zeros(len(reader), dtype=bool)
+            masks.append(read[kind])
+        return CountingRows(reader, read[kind])
 
-    FeatureStore.features = features
-    return counters
+    FeatureStore.feature_rows = feature_rows
+    return masks
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -199,7 +163,7 @@ def run_child(args: argparse.Namespace) -> None:
     from train.run import run_train
 
     torch.set_num_threads(args.threads)
-    counters = install_reader(args.reader)
+    masks = install_reader(args.reader)
     cfg = TrainConfig(store=args.store, out_dir=args.out_dir, feature_mode="10c", embed_dim=args.embed_dim,
                       word_dim=args.word_dim, batch_size=args.batch_size, epochs=1, device="cpu",
                       log_every=1000, seed=0)
@@ -209,7 +173,7 @@ def run_child(args: argparse.Namespace) -> None:
     sampler.stopped.set()
     sampler.join()
     status = proc_status_kib()
-    read = counters[0].read if counters else np.zeros(0, dtype=bool)
+    read = masks[0] if masks else np.zeros(0, dtype=bool)
     print(json.dumps({
         "vmhwm_kib": status["VmHWM"], "end_kib": status, "peak_anon_kib": max(sampler.peak["RssAnon"],
                                                                                status["RssAnon"]),
@@ -245,12 +209,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the children (memory does not "
                         "depend on it; 1 avoids oversubscribing a shared machine)")
-    parser.add_argument("--readers", default="memmap,madvise,pread", help=f"comma list of {READERS}")
+    parser.add_argument("--readers", default="shipped,memmap", help=f"comma list of {READERS}")
     parser.add_argument("--dir", default="/tmp/vsepp-bench", help="stores and run folders (not the repo)")
     parser.add_argument("--keep", action="store_true", help="keep the stores and runs (reused when they match)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
-    parser.add_argument("--reader", default="memmap", choices=READERS, help=argparse.SUPPRESS)
+    parser.add_argument("--reader", default="shipped", choices=READERS, help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

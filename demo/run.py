@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,10 +110,19 @@ def _stage_configs(cfg: DemoConfig, dataset_json: Path, weights: str) -> dict:
     return {"extract": extract, "train": train, "finetune": finetune, "eval": evals}
 
 
+def chance_recall(*, num_images: int, captions_per_image: int, k: int) -> tuple[float, float]:
+    """(i2t, t2i) R@k in percent of a random ranking: P(one of an image's captions in the top k) and k / N."""
+    num_captions = num_images * captions_per_image
+    i2t = 1.0 - math.comb(num_captions - captions_per_image, k) / math.comb(num_captions, k)
+    return 100.0 * i2t, 100.0 * min(1.0, k / num_images)
+
+
 def _recall_table(rows: dict[str, dict], *, num_test: int) -> str:
-    """Markdown table of R@K after each stage, with chance level (5 captions per image) for reference."""
+    """Markdown table of R@K after each stage, with the chance level (5 captions per image) for reference."""
     keys = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"]
-    chance = {f"{d}_r{k}": 100.0 * min(1.0, k / num_test) for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    chance = {}
+    for k in (1, 5, 10):
+        chance[f"i2t_r{k}"], chance[f"t2i_r{k}"] = chance_recall(num_images=num_test, captions_per_image=5, k=k)
     chance["rsum"] = sum(chance.values())
     lines = ["| after | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, scores in {**rows, "chance": chance}.items():

@@ -53,9 +53,9 @@ def embed_split(cfg: EvalConfig, checkpoint: dict, store_path: str, device: torc
 
 def run_eval(cfg: EvalConfig) -> dict:
     """Evaluate cfg.checkpoint on cfg.split; print a table per protocol; write results JSON and config JSON."""
+    from extract.device import resolve_device
     from train.checkpoint import load_checkpoint
     from train.losses import order_sim
-    from train.trainer import resolve_device
 
     device = resolve_device(cfg.device)
     checkpoint = load_checkpoint(cfg.checkpoint, map_location="cpu")

@@ -1,7 +1,6 @@
 """run_extract(cfg): CNN features of every image of a dataset into a resumable HDF5 feature store."""
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import sys
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from extract.backbones import FeatureBackbone, build_backbone
 from extract.config import ExtractConfig, config_json_path, parse_shard
+from extract.device import autocast_context, resolve_device
 from extract.loader import ImageDataset, make_loader
 from extract.transforms import CENTER_CROP_INDEX, CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE, normalize
 from extract.weights import NO_WEIGHTS, resolve_weights
@@ -25,8 +25,6 @@ from features.datasets import DatasetIndex, load_dataset, validate_image_root
 from features.store import FeatureStoreWriter
 
 logger = logging.getLogger(__name__)
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ExtractFailures(RuntimeError):
@@ -36,22 +34,6 @@ class ExtractFailures(RuntimeError):
         super().__init__(f"{summary['failed']} image(s) could not be read (see images/error in "
                          f"{summary['store']}); fix or remove them and rerun with --retry-failed")
         self.summary = summary
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; 'cuda' without a GPU -> ValueError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(device)
-
-
-def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Autocast to bf16/fp16 for ``amp`` != 'none' (run_extract allows it on cuda only), else a no-op."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
 def embed_crops(model: nn.Module, crops_uint8: torch.Tensor, *, device: torch.device, amp: str = "none",

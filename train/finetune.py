@@ -26,7 +26,8 @@ from train.finetune_model import CNNBackbone, backbone_from_store, parse_unfreez
 from train.model import VSEModel, build_model
 from train.run import CONFIG_FILE, RESUME_MUTABLE_FIELDS, VOCAB_FILE, validate_options
 from train.text import Vocabulary
-from train.trainer import Trainer, resolve_device
+from extract.device import resolve_device
+from train.trainer import Trainer
 
 __all__ = ["encode_split_from_images", "init_model", "model_from_finetune_checkpoint", "resolve_config", "run_finetune"]
 

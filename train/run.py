@@ -18,7 +18,8 @@ from train.config import (
 from train.data import CaptionBatches, store_kind
 from train.model import build_model
 from train.text import Vocabulary, build_vocabulary
-from train.trainer import HINGE_LOSSES, Trainer, resolve_device, store_validator
+from extract.device import resolve_device
+from train.trainer import HINGE_LOSSES, Trainer, store_validator
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from eval.metrics import recall_metrics
+from extract.device import AMP_DTYPES
 from train import group_loss, losses, schedule
 from train.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 from train.config import LR_DECAY_FACTOR, TrainConfig
@@ -96,17 +97,6 @@ def store_validator(store: object, *, config: TrainConfig, vocab: Vocabulary,
     return validate
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available else cpu; "cuda" without CUDA is a ValueError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda")
-    return torch.device(name)
-
-
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[dict]:
     """Turn the first Ctrl-C into a flag checked at step boundaries (a second one interrupts at once)."""
@@ -152,7 +142,7 @@ class Trainer:
         self.params = [p for group in groups for p in group["params"]]
         self.optimizer = torch.optim.Adam(groups)
         use_amp = config.amp != "none" and self.device.type == "cuda"
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp) if use_amp else None
+        self.autocast_dtype = AMP_DTYPES.get(config.amp) if use_amp else None
         self.scaler = torch.amp.GradScaler("cuda") if use_amp and config.amp == "fp16" else None
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0  # where the next step starts; steps done
         self.best_rsum = -math.inf

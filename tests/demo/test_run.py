@@ -1,0 +1,29 @@
+"""`pipeline.py demo` end to end on a tiny configuration, and the chance levels it prints."""
+
+import json
+import math
+
+from demo.run import DemoConfig, chance_recall, run_demo
+
+
+def test_chance_recall_matches_counting():
+    i2t, t2i = chance_recall(num_images=50, captions_per_image=5, k=1)
+    assert math.isclose(i2t, 100 * 5 / 250) and math.isclose(t2i, 2.0)
+    # k = all captions but the positives' count: some positive is always in the top k
+    assert math.isclose(chance_recall(num_images=3, captions_per_image=2, k=5)[0], 100.0)
+
+
+def test_tiny_demo_runs_every_stage_and_writes_its_table(tmp_path, capsys):
+    cfg = DemoConfig(out_dir=str(tmp_path / "demo"), num_train=8, num_val=3, num_test=3, pretrain_epochs=1,
+                     train_epochs=2, warmup_epochs=1, embed_dim=16, word_dim=8, batch_size=8,
+                     finetune_steps=1, finetune_batch_size=4, workers=0)
+    summary = run_demo(cfg)
+    out = tmp_path / "demo"
+    for artifact in ("data/dataset_demo.json", "demo_resnet18.pth", "features.h5", "train/best.pt",
+                     "finetune/best.pt", "eval-train.json", "eval-finetune.json", "demo_results.md"):
+        assert (out / artifact).is_file(), artifact
+    assert set(summary["recall"]) == {"train", "finetune"}
+    table = (out / "demo_results.md").read_text()
+    assert "| train |" in table and "| finetune |" in table and "| chance |" in table
+    assert json.loads((out / "demo.config.json").read_text())["num_test"] == 3
+    assert "Recall@K on the 3 test images" in capsys.readouterr().out
