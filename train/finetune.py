@@ -16,6 +16,7 @@ import torch
 
 from eval.metrics import recall_metrics
 from extract.backbones import build_backbone
+from extract.device import resolve_device
 from features.datasets import validate_image_root
 from features.reader import FeatureStore
 from train.checkpoint import load_checkpoint, load_model_state
@@ -24,9 +25,8 @@ from train.encode import model_from_checkpoint, similarity_matrix
 from train.finetune_data import ImageCaptionBatches, encode_split_from_images
 from train.finetune_model import CNNBackbone, backbone_from_store, parse_unfreeze
 from train.model import VSEModel, build_model
-from train.run import CONFIG_FILE, RESUME_MUTABLE_FIELDS, VOCAB_FILE, validate_options
+from train.run import CONFIG_FILE, RESUME_MUTABLE_FIELDS, VOCAB_FILE, check_resume_config, validate_options
 from train.text import Vocabulary
-from extract.device import resolve_device
 from train.trainer import Trainer
 
 __all__ = ["encode_split_from_images", "init_model", "model_from_finetune_checkpoint", "resolve_config", "run_finetune"]
@@ -70,17 +70,6 @@ def validate_finetune_options(cfg: FinetuneConfig) -> None:
     if cfg.grad_checkpointing and cfg.train_bn:
         raise ValueError("--grad-checkpointing recomputes forward passes, which would update BatchNorm running "
                          "statistics twice; use it with frozen BatchNorm (drop --train-bn)")
-
-
-def check_resume_config(cfg: FinetuneConfig, saved: dict, path: str) -> None:
-    """A resume must use the options it was started with (apart from FINETUNE_RESUME_MUTABLE_FIELDS)."""
-    saved_cfg = FinetuneConfig.from_dict(saved)
-    differing = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in FINETUNE_RESUME_MUTABLE_FIELDS
-                 and getattr(cfg, f.name) != getattr(saved_cfg, f.name)]
-    if differing:
-        details = ", ".join(f"{name}: {getattr(saved_cfg, name)!r} -> {getattr(cfg, name)!r}" for name in differing)
-        raise ValueError(f"--resume {path}: options differ from the checkpoint's ({details}); resume with the same "
-                         "options or start a new run without --resume")
 
 
 def check_same_cnn(store: FeatureStore, trained_on: str) -> None:
@@ -159,7 +148,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     validate_options(cfg)
     device = resolve_device(cfg.device)
     if cfg.resume:
-        check_resume_config(cfg, load_checkpoint(cfg.resume, expected_kind="finetune")["config"], cfg.resume)
+        check_resume_config(cfg, load_checkpoint(cfg.resume, expected_kind="finetune")["config"], cfg.resume,
+                            mutable=FINETUNE_RESUME_MUTABLE_FIELDS)
     out_dir = Path(cfg.out_dir)
     with FeatureStore(cfg.store) as store:
         check_same_cnn(store, init["config"]["store"])

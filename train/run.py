@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from extract.device import resolve_device
 from features.reader import FeatureStore
 from train.checkpoint import load_checkpoint
 from train.config import (
@@ -18,7 +20,6 @@ from train.config import (
 from train.data import CaptionBatches, store_kind
 from train.model import build_model
 from train.text import Vocabulary, build_vocabulary
-from extract.device import resolve_device
 from train.trainer import HINGE_LOSSES, Trainer, store_validator
 
 logger = logging.getLogger(__name__)
@@ -72,10 +73,14 @@ def check_store(cfg: TrainConfig, store: FeatureStore) -> None:
                              "names (--train-splits / --val-split) and the extraction")
 
 
-def check_resume_config(cfg: TrainConfig, saved: dict, path: str) -> None:
-    """A resume must use the configuration it was started with (apart from RESUME_MUTABLE_FIELDS)."""
-    saved_cfg = TrainConfig.from_dict(saved)
-    differing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_MUTABLE_FIELDS
+def check_resume_config(cfg: TrainConfig, saved: dict, path: str, *,
+                        mutable: Collection[str] = RESUME_MUTABLE_FIELDS) -> None:
+    """A resume must use the configuration it was started with, apart from the `mutable` fields.
+
+    Works for TrainConfig and its subclass FinetuneConfig (the saved dict is rebuilt as type(cfg)).
+    """
+    saved_cfg = type(cfg).from_dict(saved)
+    differing = [f.name for f in dataclasses.fields(cfg) if f.name not in mutable
                  and getattr(cfg, f.name) != getattr(saved_cfg, f.name)]
     if differing:
         details = ", ".join(f"{name}: {getattr(saved_cfg, name)!r} -> {getattr(cfg, name)!r}" for name in differing)
