@@ -101,3 +101,14 @@ def test_help_of_every_command_shows_defaults(stage):
 def test_finetune_hides_the_options_it_takes_from_the_checkpoint():
     result = CliRunner().invoke(pipeline.cli, ["finetune", "--help"])
     assert "--unfreeze" in result.output and "--text-pool" not in result.output
+
+
+def test_bad_dataset_json_exits_2_and_writes_nothing(tmp_path):
+    (tmp_path / "images").mkdir()
+    bad = tmp_path / "dataset.json"
+    bad.write_text('{"images": [{"filename": "a.jpg", "split": "train", "sentences": [{"raw": "x"}]},')
+    result = invoke(["extract", "--dataset", str(bad), "--image-root", str(tmp_path / "images"),
+                     "--out", str(tmp_path / "feats.h5"), "--backbone", "resnet18", "--weights", "none"], tmp_path)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error:") and "dataset.json" in result.output
+    assert not list(tmp_path.glob("feats.h5*"))
