@@ -99,11 +99,11 @@ def _stage_configs(cfg: DemoConfig, dataset_json: Path, weights: str) -> dict:
     train = TrainConfig(store=store, out_dir=str(out / "train"), feature_mode=cfg.feature_mode, loss=cfg.loss,
                         warmup_epochs=cfg.warmup_epochs, epochs=cfg.train_epochs, embed_dim=cfg.embed_dim,
                         word_dim=cfg.word_dim, batch_size=cfg.batch_size, lr_decay_epochs=DEMO_LR_DECAY_EPOCHS,
-                        seed=cfg.seed, device="cpu")
+                        seed=cfg.seed, device="cpu", overwrite=True)
     finetune = FinetuneConfig(checkpoint=str(out / "train" / "best.pt"), out_dir=str(out / "finetune"),
                               epochs=1, max_steps=cfg.finetune_steps, unfreeze=cfg.finetune_unfreeze,
                               batch_size=cfg.finetune_batch_size, workers=cfg.workers, seed=cfg.seed,
-                              device="cpu", weights=weights if weights != "none" else "")
+                              device="cpu", weights=weights if weights != "none" else "", overwrite=True)
     evals = {stage: EvalConfig(checkpoint=str(out / stage / "best.pt"), split="test", protocol="all-images",
                                out=str(out / f"eval-{stage}.json"), workers=cfg.workers, device="cpu")
              for stage in ("train", "finetune")}

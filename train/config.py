@@ -111,6 +111,8 @@ class TrainConfig:
     log_every: int = field(default=10, metadata={"help": "append a metrics.jsonl line every N steps"})
     workers: int = field(default=0, metadata={"help": "DataLoader worker processes for batches (0 = main)"})
     seed: int = field(default=0, metadata={"help": "seed of init, caption order and random crops"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start afresh in an out-dir that holds another run's checkpoints (they are deleted)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda",
                                                   "choices": DEVICES})
     amp: str = field(default="none", metadata={"help": "autocast on cuda: none, bf16 or fp16 (with GradScaler)",

@@ -25,9 +25,10 @@ from train.encode import model_from_checkpoint, similarity_matrix
 from train.finetune_data import ImageCaptionBatches, encode_split_from_images
 from train.finetune_model import CNNBackbone, backbone_from_store, parse_unfreeze
 from train.model import VSEModel, build_model
-from train.run import CONFIG_FILE, RESUME_MUTABLE_FIELDS, VOCAB_FILE, check_resume_config, validate_options
+from train.run import (CONFIG_FILE, RESUME_MUTABLE_FIELDS, VOCAB_FILE, check_resume_config, prepare_run_dir,
+                       validate_options)
 from train.text import Vocabulary
-from train.trainer import Trainer
+from train.trainer import METRICS, Trainer
 
 __all__ = ["encode_split_from_images", "init_model", "model_from_finetune_checkpoint", "resolve_config", "run_finetune"]
 
@@ -164,7 +165,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         if cfg.feature_mode != "1c":
             logger.info("the head was trained on %s features; the fine-tuned CNN gives one crop per caption (a set "
                         "of one: mean and adaptive pooling of one vector are that vector)", cfg.feature_mode)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
         vocab.save(out_dir / VOCAB_FILE)
         cfg.save_json(out_dir / CONFIG_FILE)
         logger.info("fine-tuning on %d captions (%d steps/epoch), rc %s, lr %g, cnn lr %g, device %s",
@@ -179,7 +180,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
             trainer.resume(cfg.resume)
         summary = trainer.fit()
     summary.update({"out_dir": str(out_dir), "config": str(out_dir / CONFIG_FILE),
-                    "vocab": str(out_dir / VOCAB_FILE), "metrics": str(out_dir / "metrics.jsonl")})
+                    "vocab": str(out_dir / VOCAB_FILE), "metrics": str(out_dir / METRICS)})
     return summary
 
 

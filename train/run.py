@@ -20,14 +20,34 @@ from train.config import (
 from train.data import CaptionBatches, store_kind
 from train.model import build_model
 from train.text import Vocabulary, build_vocabulary
-from train.trainer import HINGE_LOSSES, Trainer, store_validator
+from train.trainer import BEST, HINGE_LOSSES, LAST, METRICS, Trainer, store_validator
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE, VOCAB_FILE = "config.json", "vocab.json"
 # Options a resume may change; every other field must equal the checkpoint's (same run, same result).
 RESUME_MUTABLE_FIELDS = ("resume", "out_dir", "store", "epochs", "max_steps", "val_every_steps", "log_every",
-                         "workers", "device")
+                         "workers", "device", "overwrite")
+
+
+def prepare_run_dir(out_dir: Path, *, resume: str, overwrite: bool) -> None:
+    """Create out_dir; refuse to start a fresh run over another run's checkpoints unless `overwrite`.
+
+    A fresh start in a folder that holds last.pt/best.pt would silently replace a finished run, so it is an
+    error naming the fix. With `overwrite` (or when no checkpoint exists) the old checkpoints and metrics.jsonl
+    are removed, so the folder never mixes two runs. A resume keeps everything.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        return
+    existing = [name for name in (LAST, BEST) if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{out_dir} already holds a run ({', '.join(existing)}); pass --resume "
+                         f"{out_dir / 'last.pt'} to continue it, --overwrite to replace it, or another --out-dir")
+    for name in (LAST, BEST, METRICS):
+        if (out_dir / name).exists():
+            logger.warning("removing %s from an earlier run in %s", name, out_dir)
+            (out_dir / name).unlink()
 
 
 def validate_options(cfg: TrainConfig) -> None:
@@ -97,10 +117,10 @@ def run_train(cfg: TrainConfig) -> dict:
         checkpoint = load_checkpoint(cfg.resume, expected_kind="train")  # FileNotFoundError when missing
         check_resume_config(cfg, checkpoint["config"], cfg.resume)
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     store = FeatureStore(cfg.store)
     try:
         check_store(cfg, store)
+        prepare_run_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
         if checkpoint is not None:
             vocab = Vocabulary.from_dict(checkpoint["vocab"])
         else:
@@ -125,7 +145,7 @@ def run_train(cfg: TrainConfig) -> dict:
     finally:
         store.close()
     summary.update({"out_dir": str(out_dir), "config": str(out_dir / CONFIG_FILE),
-                    "vocab": str(out_dir / VOCAB_FILE), "metrics": str(out_dir / "metrics.jsonl")})
+                    "vocab": str(out_dir / VOCAB_FILE), "metrics": str(out_dir / METRICS)})
     return summary
 
 

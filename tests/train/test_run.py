@@ -97,3 +97,17 @@ def test_store_checks(tiny_config: TrainConfig, make_train_store, tmp_path: Path
         run_train(dataclasses.replace(tiny_config, store=str(no_val)))
     with pytest.raises(FileNotFoundError, match="missing.h5"):
         run_train(dataclasses.replace(tiny_config, store=str(tmp_path / "missing.h5")))
+
+
+def test_a_fresh_run_never_silently_replaces_another(tiny_config: TrainConfig):
+    config = dataclasses.replace(tiny_config, epochs=1, max_steps=2)
+    run_train(config)
+    out_dir = Path(config.out_dir)
+    first_best = (out_dir / "best.pt").read_bytes()
+    with pytest.raises(ValueError, match="already holds a run .*--resume.*--overwrite"):
+        run_train(config)
+    assert (out_dir / "best.pt").read_bytes() == first_best  # untouched by the refused run
+    old_lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    run_train(dataclasses.replace(config, overwrite=True, max_steps=1))
+    new_lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(new_lines[-1])["step"] == 1 and len(new_lines) < len(old_lines)  # one run per folder
