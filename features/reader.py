@@ -128,6 +128,7 @@ class FeatureStore:
             self._file.close()
             raise
         self._features: dict[str, np.ndarray | h5py.Dataset] = {}
+        self._rows: dict[str, FeatureRows] = {}
 
     def _load(self) -> None:
         layout = validate_layout(self._file, self.path)
@@ -186,10 +187,14 @@ class FeatureStore:
         Contiguous stores give a FeatureRows (preadv, memory bounded by the batch: what training and
         encoding use); chunked stores give the h5py Dataset, as features() does.
         """
+        if kind in self._rows:  # one reader (and file descriptor) per kind, reused by every batch
+            return self._rows[kind]
         features = self.features(kind)
         if not isinstance(features, np.memmap):
             return features
-        return FeatureRows(self.path, offset=features.offset, shape=features.shape, dtype=features.dtype)
+        self._rows[kind] = FeatureRows(self.path, offset=features.offset, shape=features.shape,
+                                       dtype=features.dtype)
+        return self._rows[kind]
 
     def image_indices(self, splits: Sequence[str] | str) -> np.ndarray:
         """Sorted int64 rows of images in `splits` whose features are done (failed/pending excluded)."""
@@ -227,6 +232,9 @@ class FeatureStore:
     def close(self) -> None:
         """Close the HDF5 file (memmaps already handed out stay readable)."""
         self._features.clear()
+        for rows in self._rows.values():
+            rows.close()
+        self._rows.clear()
         self._file.close()
 
     def __enter__(self) -> "FeatureStore":

@@ -148,9 +148,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     cfg = resolve_config(cfg, init["config"])
     validate_options(cfg)
     device = resolve_device(cfg.device)
-    if cfg.resume:
-        check_resume_config(cfg, load_checkpoint(cfg.resume, expected_kind="finetune")["config"], cfg.resume,
-                            mutable=FINETUNE_RESUME_MUTABLE_FIELDS)
+    resume_from = load_checkpoint(cfg.resume, expected_kind="finetune") if cfg.resume else None
+    if resume_from is not None:
+        check_resume_config(cfg, resume_from["config"], cfg.resume, mutable=FINETUNE_RESUME_MUTABLE_FIELDS)
     out_dir = Path(cfg.out_dir)
     with FeatureStore(cfg.store) as store:
         check_same_cnn(store, init["config"]["store"])
@@ -176,8 +176,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
                           param_groups=param_groups(model, cnn, cfg),
                           semantic_vectors=_semantic_vectors(cfg, store) if cfg.loss == "lseh" else None,
                           device=device)
-        if cfg.resume:
-            trainer.resume(cfg.resume)
+        if resume_from is not None:
+            trainer.resume(cfg.resume, checkpoint=resume_from)
         summary = trainer.fit()
     summary.update({"out_dir": str(out_dir), "config": str(out_dir / CONFIG_FILE),
                     "vocab": str(out_dir / VOCAB_FILE), "metrics": str(out_dir / METRICS)})

@@ -140,7 +140,7 @@ def run_train(cfg: TrainConfig) -> dict:
                           model_spec={"vocab_size": len(vocab), "feature_dim": store.feature_dim},
                           semantic_vectors=semantic_vectors, device=device)
         if cfg.resume:
-            trainer.resume(cfg.resume)
+            trainer.resume(cfg.resume, checkpoint=checkpoint)
         summary = trainer.fit()
     finally:
         store.close()

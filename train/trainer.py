@@ -150,9 +150,16 @@ class Trainer:
         self._running_loss: float | None = None
 
     # -- state ---------------------------------------------------------------------------------
-    def resume(self, path: str | Path) -> None:
-        """Restore everything from a checkpoint of this kind (missing file -> FileNotFoundError)."""
-        checkpoint = load_checkpoint(path, map_location=self.device, expected_kind=self.kind)
+    def resume(self, path: str | Path, *, checkpoint: dict | None = None) -> None:
+        """Restore everything from the checkpoint at `path` (missing file -> FileNotFoundError).
+
+        Pass `checkpoint` when the caller has already loaded that file (to check its config), so it is not
+        read twice; tensors may be on the CPU, load_state_dict moves them to the model's device.
+        """
+        if checkpoint is None:
+            checkpoint = load_checkpoint(path, map_location=self.device, expected_kind=self.kind)
+        elif checkpoint["kind"] != self.kind:
+            raise ValueError(f"{path} is a {checkpoint['kind']!r} checkpoint, expected {self.kind!r}")
         restore_training_state(checkpoint, model=self.model, optimizer=self.optimizer, scaler=self.scaler)
         self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
         self.step_in_epoch, self.best_rsum = checkpoint["step_in_epoch"], checkpoint["best_rsum"]

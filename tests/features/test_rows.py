@@ -40,6 +40,7 @@ def test_rows_must_be_sorted_unique_and_in_range(make_store):
     writer.close()
     with FeatureStore(writer.path) as store:
         rows = store.feature_rows("1c")
+        assert store.feature_rows("1c") is rows  # one reader per kind, reused by every batch
         for bad in ([2, 1], [1, 1], [-1], [5]):
             with pytest.raises(ValueError, match="sorted, unique"):
                 rows[np.array(bad)]
