@@ -17,6 +17,8 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from common.files import atomic_write
+
 logger = logging.getLogger(__name__)
 
 SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50")
@@ -190,12 +192,6 @@ def _validate(trunk: nn.Module, heads: nn.ModuleDict, train: LabelledImages, val
     return val_accuracy
 
 
-def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    tmp_path = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp_path)
-    tmp_path.replace(path)
-
-
 def pretrain_demo_backbone(
     dataset_json: str | Path,
     image_root: str | Path,
@@ -277,7 +273,7 @@ def pretrain_demo_backbone(
 
     out_weights.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    _save_atomic(state, out_weights)
+    atomic_write(out_weights, lambda handle: torch.save(state, handle))
     summary = {
         "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "resolution": resolution,
         "resize": resize, "learning_rate": learning_rate,

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common.choices import CROP_COUNTS, FEATURE_MODES
+from common.config import StageConfig
+from common.files import atomic_write_json, atomic_write_text
+from demo.pretrain import pretrain_demo_backbone
+from demo.synthetic import generate_demo_dataset
+from extract.config import ExtractConfig
+from extract.run import run_extract
+from retrieval.evaluate import EvalConfig, run_eval
+from train.config import TrainConfig
+from train.finetune.config import FinetuneConfig
+from train.finetune.run import run_finetune
+from train.run import run_train
 
 logger = logging.getLogger(__name__)
 
@@ -21,13 +32,13 @@ DEMO_WORD_DIM = 128
 DEMO_BATCH_SIZE = 64  # 2,000 train captions: ~31 steps per epoch
 DEMO_TRAIN_EPOCHS = 20
 DEMO_LR_DECAY_EPOCHS = 15
-# NOTES: on a small training set MH starts slowly (paper Fig. 2); the demo warms up with SH.
+# On a small training set MH starts slowly (paper Fig. 2); the demo warms up with SH.
 DEMO_WARMUP_EPOCHS = 5
 DEMO_FINETUNE_STEPS = 30  # half an epoch: the CNN forward at 224 px dominates the demo's time on a CPU
 
 
 @dataclass
-class DemoDataConfig:
+class DemoDataConfig(StageConfig):
     """Options of `pipeline.py demo-data`: only render the synthetic dataset (Karpathy JSON + images)."""
 
     out_dir: str = field(default="demo_out/data", metadata={"help": "folder for dataset_demo.json and images/"})
@@ -42,8 +53,6 @@ class DemoDataConfig:
 
 def run_generate(cfg: DemoDataConfig) -> Path:
     """Render the dataset; return the path of its Karpathy JSON."""
-    from demo.synthetic import generate_demo_dataset
-
     path = generate_demo_dataset(cfg.out_dir, num_train=cfg.num_train, num_val=cfg.num_val, num_test=cfg.num_test,
                                  num_restval=cfg.num_restval, image_size=cfg.image_size, seed=cfg.seed,
                                  overwrite=cfg.overwrite)
@@ -52,7 +61,7 @@ def run_generate(cfg: DemoDataConfig) -> Path:
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(StageConfig):
     """Options of `pipeline.py demo`; everything lands in out_dir."""
 
     out_dir: str = field(default="demo_out", metadata={"help": "folder of every artifact of the demo"})
@@ -66,10 +75,10 @@ class DemoConfig:
     # 1C by default: on 2 CPU cores resnet18 runs at ~17 crops/s, so 10 crops make extraction 5 min, not 30 s.
     crops: int = field(default=1, metadata={
         "help": "extract crops: 1 (1C) or 10 (10C, also writes 1C; ~10x the extraction time; pair it with "
-                "--feature-mode 10c)", "choices": (1, 10)})
+                "--feature-mode 10c)", "choices": CROP_COUNTS})
     feature_mode: str = field(default="1c", metadata={
         "help": "features the train stage reads (1c, 10c, 10c-random, 10c-set)",
-        "choices": ("1c", "10c", "10c-random", "10c-set")})
+        "choices": FEATURE_MODES})
     loss: str = field(default="mh", metadata={"help": "train loss", "choices": ("sh", "mh", "group", "infonce")})
     warmup_epochs: int = field(default=DEMO_WARMUP_EPOCHS, metadata={"help": "SH epochs before MH"})
     train_epochs: int = field(default=DEMO_TRAIN_EPOCHS, metadata={"help": "train-stage epochs"})
@@ -87,10 +96,6 @@ class DemoConfig:
 
 def _stage_configs(cfg: DemoConfig, dataset_json: Path, weights: str) -> dict:
     """The four stage configs the demo runs, as a user would write them."""
-    from eval.config import EvalConfig
-    from extract.config import ExtractConfig
-    from train.config import FinetuneConfig, TrainConfig
-
     out = Path(cfg.out_dir)
     store = str(out / "features.h5")
     extract = ExtractConfig(dataset=str(dataset_json), image_root=str(dataset_json.parent), out=store,
@@ -132,15 +137,9 @@ def _recall_table(rows: dict[str, dict], *, num_test: int) -> str:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Generate -> (pretrain) -> extract -> train -> (finetune) -> eval; print and save the recall table."""
-    from demo.pretrain import pretrain_demo_backbone
-    from eval.run import run_eval
-    from extract.run import run_extract
-    from train.finetune import run_finetune
-    from train.run import run_train
-
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "demo.config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    cfg.save_json(out / "demo.config.json")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     dataset_json = run_generate(DemoDataConfig(out_dir=str(out / "data"), num_train=cfg.num_train,
@@ -168,8 +167,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             results[name] = {key: value for key, value in scores.items() if key != "folds"}
     table = _recall_table(results, num_test=cfg.num_test)
     summary = {"recall": results, "seconds": {k: round(v, 1) for k, v in timings.items()}, "table": table}
-    (out / "demo_results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "demo_results.md").write_text(table + "\n")
+    atomic_write_json(out / "demo_results.json", summary)
+    atomic_write_text(out / "demo_results.md", table + "\n")
     print(f"\nRecall@K on the {cfg.num_test} test images ({cfg.num_test * 5} captions), all-images protocol:\n")
     print(table)
     print("\nseconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))

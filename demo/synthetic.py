@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from common.files import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 DATASET_NAME = "demo"
@@ -38,7 +40,7 @@ SIZES = ("small", "large")
 SIZE_DIAMETER_FRACTION = {"small": (0.12, 0.165), "large": (0.24, 0.30)}  # of the image side
 BACKGROUNDS = ("white", "grey", "black", "gradient", "noisy")
 PLAIN_BACKGROUNDS = {"white": (240, 240, 240), "grey": (125, 125, 125), "black": (25, 25, 25)}
-POSITIONS = ("top", "middle", "bottom")  # vertical only: the ten-crop mean erases left/right (NOTES.md)
+POSITIONS = ("top", "middle", "bottom")  # vertical only: the ten-crop mean erases left/right (5 crops are flips)
 RELATIONS = ("above", "below")
 NONE = "none"
 
@@ -353,9 +355,7 @@ def generate_demo_dataset(
         image["sentids"] = [s["sentid"] for s in image["sentences"]]
     dataset = {"dataset": DATASET_NAME, "generator_params": params,
                "attribute_classes": ATTRIBUTE_CLASSES, "images": images}
-    tmp_path = json_path.with_suffix(".json.tmp")
-    tmp_path.write_text(json.dumps(dataset, indent=1))
-    tmp_path.replace(json_path)  # atomic: a reader never sees half a JSON
+    atomic_write_text(json_path, json.dumps(dataset, indent=1))  # a reader never sees half a JSON
     logger.info("wrote %d images (%s) and %d captions to %s", len(images),
                 ", ".join(f"{n} {s}" for s, n in counts.items() if n), sentid, out_dir)
     if num_test:

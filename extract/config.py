@@ -1,39 +1,36 @@
 """ExtractConfig: every option of the extract stage, with help text that pipeline.py turns into Click options."""
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BACKBONES = ("vgg19", "resnet152", "resnet50", "resnet18")
-CROPS_CHOICES = (1, 10)
-DTYPE_CHOICES = ("float32", "float16")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-AMP_CHOICES = ("none", "bf16", "fp16")
-DATASET_FORMAT_CHOICES = ("auto", "karpathy", "tsv")
+from common.choices import AMP_MODES, CROP_COUNTS, DEVICES, FEATURE_DTYPES
+from common.config import StageConfig
+from extract.backbones import BACKBONES
+from features.datasets import DATASET_FORMATS
 
 
 @dataclass
-class ExtractConfig:
+class ExtractConfig(StageConfig):
     """Options of ``run_extract``; saved as JSON beside the store (``<out>.extract.json``)."""
 
     # path of a Karpathy split JSON (dataset_coco.json ...) or a TSV image_path<TAB>caption[<TAB>split]
-    dataset: str = field(metadata={"help": "Karpathy split JSON (dataset_coco.json, ...) or TSV "
-                                           "image_path<TAB>caption file"})
+    dataset: str = field(default="", metadata={"help": "Karpathy split JSON (dataset_coco.json, ...) or TSV "
+                                                       "image_path<TAB>caption file", "required": True})
     # folder that image paths in the dataset are relative to
-    image_root: str = field(metadata={"help": "folder the dataset's image paths are relative to"})
+    image_root: str = field(default="", metadata={"help": "folder the dataset's image paths are relative to",
+                                                  "required": True})
     # output HDF5 feature store
-    out: str = field(metadata={"help": "output HDF5 feature store path (one per dataset x backbone)"})
+    out: str = field(default="", metadata={"help": "output HDF5 feature store path (one per dataset x backbone)",
+                                           "required": True})
     # how to parse `dataset`
     dataset_format: str = field(default="auto", metadata={
         "help": "dataset file format; auto = by suffix (.json Karpathy, .tsv TSV)",
-        "choices": DATASET_FORMAT_CHOICES})
+        "choices": DATASET_FORMATS})
     # CNN; the paper uses vgg19 (FC7) and resnet152 (pooled)
     backbone: str = field(default="resnet152", metadata={
         "help": "CNN: vgg19 -> FC7 4096-d after ReLU, resnets -> 2048-d pooled (512-d resnet18); "
-                "paper: vgg19 and resnet152", "choices": BACKBONES})
+                "paper: vgg19 and resnet152", "choices": tuple(BACKBONES)})
     # "default", a torchvision weights name (IMAGENET1K_V1), "none" (random init) or a state_dict path
     weights: str = field(default="default", metadata={
         "help": "'default' = torchvision's standard ImageNet file from the torch hub cache "
@@ -43,18 +40,18 @@ class ExtractConfig:
     crops: int = field(default=10, metadata={
         "help": "crops per image: 10 = four corners + center and their flips (paper 10C, also writes the "
                 "center crop as 1c), 1 = center 224 crop of the 256x256 resize (paper 1C)",
-        "choices": CROPS_CHOICES})
+        "choices": CROP_COUNTS})
     # storage dtype of features
     dtype: str = field(default="float32", metadata={
         "help": "feature storage dtype (float16 halves the file; computed in float32 either way)",
-        "choices": DTYPE_CHOICES})
+        "choices": FEATURE_DTYPES})
     # where the CNN runs
     device: str = field(default="auto", metadata={
-        "help": "device for the CNN: auto = cuda when available, else cpu", "choices": DEVICE_CHOICES})
+        "help": "device for the CNN: auto = cuda when available, else cpu", "choices": DEVICES})
     # mixed precision on CUDA only; fp32 is the paper's setting
     amp: str = field(default="none", metadata={
         "help": "autocast dtype for the CNN on cuda (bf16 / fp16); applies on cuda only, must be 'none' "
-                "on cpu; default none = float32 as in the paper", "choices": AMP_CHOICES})
+                "on cpu; default none = float32 as in the paper", "choices": AMP_MODES})
     # images per CNN step; the CNN sees batch_size * crops crops at once
     batch_size: int = field(default=32, metadata={
         "help": "images per batch; all crops of a batch go through the CNN as one batch "
@@ -65,7 +62,7 @@ class ExtractConfig:
     # "" = all rows; "i/n" = the i-th of n contiguous row blocks (0-based)
     shard: str = field(default="", metadata={
         "help": "'' for all images, or 'i/n' to extract only the i-th (0-based) of n contiguous blocks "
-                "of rows, e.g. one per machine; join the stores with `features merge`"})
+                "of rows, e.g. one per machine; join the stores with `pipeline.py merge`"})
     # replace an existing store made with another config instead of refusing
     overwrite: bool = field(default=False, metadata={
         "help": "delete and recreate an existing store (also one made with another config)"})
@@ -86,30 +83,14 @@ class ExtractConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first option outside its allowed values."""
-        for name, choices in (("dataset_format", DATASET_FORMAT_CHOICES), ("backbone", BACKBONES),
-                              ("crops", CROPS_CHOICES), ("dtype", DTYPE_CHOICES), ("device", DEVICE_CHOICES),
-                              ("amp", AMP_CHOICES)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} = {getattr(self, name)!r} is not one of {choices}")
+        super().validate()
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+            raise ValueError(f"--workers must be >= 0, got {self.workers}")
         if self.max_batches is not None and self.max_batches < 0:
-            raise ValueError(f"max_batches must be >= 0 or None, got {self.max_batches}")
+            raise ValueError(f"--max-batches must be >= 0, got {self.max_batches}")
         parse_shard(self.shard)
-
-    def save_json(self, path: str | Path) -> None:
-        """Write the config as JSON (atomic: temp file then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
-
-    @classmethod
-    def load_json(cls, path: str | Path) -> "ExtractConfig":
-        """Rebuild a config saved by ``save_json``."""
-        return cls(**json.loads(Path(path).read_text()))
 
 
 def config_json_path(out: str | Path) -> Path:

@@ -15,13 +15,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from common.device import autocast_context, resolve_device
 from extract.backbones import FeatureBackbone, build_backbone
 from extract.config import ExtractConfig, config_json_path, parse_shard
-from extract.device import autocast_context, resolve_device
 from extract.loader import ImageDataset, make_loader
-from extract.transforms import CENTER_CROP_INDEX, CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE, normalize
+from extract.transforms import CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE, normalize
 from extract.weights import NO_WEIGHTS, resolve_weights
 from features.datasets import DatasetIndex, load_dataset, validate_image_root
+from features.schema import CENTER_CROP_INDEX
 from features.store import FeatureStoreWriter
 
 logger = logging.getLogger(__name__)
@@ -60,10 +61,10 @@ def shard_rows(num_images: int, shard: str) -> np.ndarray:
 
 def store_attrs(cfg: ExtractConfig, backbone: FeatureBackbone, *, weights_name: str, weights_sha256: str) -> dict:
     """Root attributes of the store; the writer adds schema_version, feature_dim and created."""
-    if weights_name == NO_WEIGHTS:  # the seed decides random-init features, so it is part of the config
-        weights_name = f"none (random init, seed {cfg.seed})"
+    # The seed decides random-init features, so it is part of the config; file weights involve no seed.
+    weights_seed = cfg.seed if weights_name == NO_WEIGHTS else None
     return {"backbone": cfg.backbone, "layer": backbone.layer_name, "weights_name": weights_name,
-            "weights_sha256": weights_sha256, "resize": RESIZE, "crop": CROP, "mean": list(IMAGENET_MEAN),
+            "weights_sha256": weights_sha256, "weights_seed": weights_seed, "resize": RESIZE, "crop": CROP, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "crops": cfg.crops,
             "dtype": cfg.dtype, "torch_version": str(torch.__version__),
             "torchvision_version": str(torchvision.__version__), "h5py_version": str(h5py.__version__),

@@ -5,11 +5,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from features.schema import CENTER_CROP_INDEX
+
 RESIZE = 256  # images are resized (aspect ratio not kept) to RESIZE x RESIZE, as in the VSE++ paper
 CROP = 224  # side of every crop fed to the CNN
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalisation, RGB order
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CENTER_CROP_INDEX = 4  # position of the center crop among the ten (TenCrop order)
 
 Box = tuple[int, int, int, int]  # (top, left, height, width)
 

@@ -1,4 +1,4 @@
-"""Find CNN weight files (torch hub cache, a path, or none), hash them, load them strictly; never downloads."""
+"""Find CNN weight files (torch hub cache, a path, or none) and hash them; never downloads."""
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +8,9 @@ import re
 from pathlib import Path
 
 import torch
-from torch import nn
 from torchvision.models import get_model_weights
+
+from extract.backbones import backbone_spec
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +36,16 @@ def sha256_of_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
 def torchvision_weights_file(backbone: str, enum_name: str = DEFAULT_WEIGHTS) -> str:
     """File name of torchvision's weights for a backbone, e.g. ``resnet152-f82ba261.pth``.
 
-    ``enum_name`` is ``"default"`` or a member of the backbone's weights enum (``"IMAGENET1K_V1"``).
+    ``enum_name`` is ``"default"`` (the backbone table's weights_file) or a member of the backbone's
+    torchvision weights enum (``"IMAGENET1K_V1"``).
     """
-    weights_enum = get_model_weights(backbone)
     if enum_name == DEFAULT_WEIGHTS:
-        member = weights_enum.DEFAULT
-    elif enum_name in weights_enum.__members__:
-        member = weights_enum[enum_name]
-    else:
+        return backbone_spec(backbone).weights_file
+    weights_enum = get_model_weights(backbone)
+    if enum_name not in weights_enum.__members__:
         raise ValueError(f"unknown torchvision weights {enum_name!r} for {backbone}; "
                          f"use one of {list(weights_enum.__members__)}, 'default', 'none' or a file path")
-    return member.url.rsplit("/", 1)[-1]
+    return weights_enum[enum_name].url.rsplit("/", 1)[-1]
 
 
 def resolve_weights(backbone: str, spec: str) -> tuple[Path | None, str, str]:
@@ -84,27 +84,3 @@ def _check_embedded_hash(path: Path, sha256: str) -> None:
     if match and not sha256.startswith(match.group(1)):
         raise ValueError(f"weights file {str(path)!r} has sha256 {sha256[:12]}..., but its name promises "
                          f"{match.group(1)}...; the copy is corrupt or incomplete, replace it")
-
-
-def load_state_dict_strict(model: nn.Module, path: str | Path) -> None:
-    """Load a state_dict file into ``model``; every key must match in name and shape.
-
-    Raises ValueError listing missing / unexpected keys or shape mismatches (no key is ever dropped).
-    """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        keys = list(state)[:5] if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{str(path)!r} is not a plain state_dict of tensors (top level: {keys}); "
-                         f"save one with torch.save(model.state_dict(), path)")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        raise ValueError(f"weights file {str(path)!r} does not fit {type(model).__name__}: "
-                         f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-                         f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}, "
-                         f"shape mismatches {mismatched[:4]}; pass weights saved from the same architecture")
-    model.load_state_dict(state, strict=True)
-    logger.info("loaded weights %s", path)

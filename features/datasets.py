@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.choices import SPLITS
+
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test", "restval")
 DATASET_FORMATS = ("auto", "karpathy", "tsv")
 TSV_HEADER_COLUMNS = ("image_path", "caption", "split")
 # A TSV without a split column gets splits from a stable hash of the image path (see hash_split).

@@ -1,17 +1,18 @@
 """Merge shard stores (extract --shard i/n) of one dataset and config into a single store."""
 
 import contextlib
-from dataclasses import dataclass, field
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from common.config import StageConfig
 from features.datasets import DatasetIndex
 from features.reader import FeatureStore
-from features.schema import CONFIG_ATTRS, Status
+from features.schema import CONFIG_ATTRS, Status, stored_kinds
 from features.store import DERIVED_ATTRS, FeatureStoreWriter
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def _dataset_of(store: FeatureStore) -> DatasetIndex:
 
 def _copy_rows(shard: FeatureStore, writer: FeatureStoreWriter, rows: np.ndarray, *, chunk_bytes: int) -> None:
     """Copy done rows (sorted) from `shard` to `writer`, at most about `chunk_bytes` of features at a time."""
-    kinds = ("1c", "10c") if shard.crops == 10 else ("1c",)
+    kinds = stored_kinds(shard.crops)
     sources = {kind: shard.features(kind) for kind in kinds}
     row_bytes = sum(int(np.prod(source.shape[1:])) * source.dtype.itemsize for source in sources.values())
     rows_per_chunk = max(1, chunk_bytes // row_bytes)
@@ -139,15 +140,13 @@ def _merge_into(shards: list[FeatureStore], path: Path, *, attrs: dict, chunk_by
 
 
 @dataclass
-class MergeConfig:
+class MergeConfig(StageConfig):
     """Options of `pipeline.py merge`: join the stores written by `extract --shard i/n`."""
 
-    shards: tuple[str, ...] = field(metadata={"help": "shard stores to join (comma-separated paths)"})
-    out: str = field(metadata={"help": "path of the merged store"})
+    shards: tuple[str, ...] = field(default=(), metadata={"help": "shard stores to join (comma-separated paths)",
+                                                          "required": True})
+    out: str = field(default="", metadata={"help": "path of the merged store", "required": True})
     overwrite: bool = field(default=False, metadata={"help": "replace --out if it exists"})
-
-    def __post_init__(self) -> None:
-        self.shards = tuple(self.shards)  # JSON gives a list
 
 
 def run_merge(cfg: MergeConfig) -> dict[str, int]:

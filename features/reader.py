@@ -8,12 +8,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from common.choices import CROP_COUNTS, FEATURE_DTYPES
 from features.datasets import validate_split_names
 from features.rows import FeatureRows
 from features.schema import (
-    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CROP_CHOICES, FEATURE_DTYPES,
+    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS,
     IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, SCHEMA_VERSION, TEN_CROP_ORDER, Status,
-    feature_dataset_name,
+    feature_dataset_name, stored_kinds,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,8 @@ def validate_layout(h5file: h5py.File, path: Path) -> StoreLayout:
     if missing:
         raise ValueError(f"{path}: root attributes {missing} are missing; re-extract the store (pass --overwrite)")
     crops, dtype, feature_dim = (attr_to_python(h5file.attrs[key]) for key in ("crops", "dtype", "feature_dim"))
-    if crops not in CROP_CHOICES or dtype not in FEATURE_DTYPES:
-        raise ValueError(f"{path}: attrs crops={crops!r} dtype={dtype!r} are invalid (crops in {CROP_CHOICES}, "
+    if crops not in CROP_COUNTS or dtype not in FEATURE_DTYPES:
+        raise ValueError(f"{path}: attrs crops={crops!r} dtype={dtype!r} are invalid (crops in {CROP_COUNTS}, "
                          f"dtype in {FEATURE_DTYPES}); re-extract the store (pass --overwrite)")
     num_images = _require_dataset(h5file, IMAGES_PATH, path).shape[0]
     for name in (IMAGES_SPLIT, IMAGES_STATUS, IMAGES_ERROR):
@@ -82,7 +83,7 @@ def validate_layout(h5file: h5py.File, path: Path) -> StoreLayout:
     if CAPTIONS_TOKENS in h5file:
         _require_dataset(h5file, CAPTIONS_TOKENS, path, length=num_captions)
     kinds = {"1c": (num_images, feature_dim), "10c": (num_images, len(TEN_CROP_ORDER), feature_dim)}
-    for kind in ("1c", "10c") if crops == 10 else ("1c",):
+    for kind in stored_kinds(crops):
         dataset = _require_dataset(h5file, feature_dataset_name(kind), path)
         if dataset.shape != kinds[kind] or dataset.dtype != np.dtype(dtype):
             raise ValueError(f"{path}: {feature_dataset_name(kind)!r} is {dataset.dtype} {dataset.shape}, attrs say "

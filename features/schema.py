@@ -2,7 +2,7 @@
 
 from enum import IntEnum
 
-SCHEMA_VERSION = 1  # bump when the layout below changes incompatibly
+SCHEMA_VERSION = 2  # bump when the layout below changes incompatibly
 
 # Dataset names inside the HDF5 file.
 IMAGES_PATH = "images/path"  # str [N], relative to the image root
@@ -16,8 +16,6 @@ CAPTIONS_SPLIT = "captions/split"  # str [M], the split of the caption's image
 FEATURES_GROUP = "features"
 
 FEATURE_KINDS = ("1c", "10c")  # "1c": [N, D] center crop; "10c": [N, 10, D] all ten crops
-FEATURE_DTYPES = ("float32", "float16")
-CROP_CHOICES = (1, 10)
 
 # torchvision TenCrop order; "1c" equals "10c"[:, TEN_CROP_ORDER.index("center")].
 TEN_CROP_ORDER = (
@@ -29,7 +27,7 @@ CENTER_CROP_INDEX = TEN_CROP_ORDER.index("center")
 # Root attributes that define "the same extraction config": resuming or merging stores whose
 # values differ is refused, because rows made with different configs must never be mixed.
 CONFIG_ATTRS = (
-    "backbone", "layer", "weights_name", "weights_sha256",
+    "backbone", "layer", "weights_name", "weights_sha256", "weights_seed",
     "resize", "crop", "mean", "std", "crops", "dtype",
 )
 
@@ -39,6 +37,11 @@ ROOT_ATTRS = CONFIG_ATTRS + (
     "schema_version", "feature_dim", "torch_version", "torchvision_version", "h5py_version",
     "created", "command", "image_root", "dataset_path", "shard",
 )
+
+
+def stored_kinds(crops: int) -> tuple[str, ...]:
+    """The feature kinds a store of `crops` crops holds: ("1c",) or ("1c", "10c")."""
+    return FEATURE_KINDS if crops == len(TEN_CROP_ORDER) else ("1c",)
 
 
 def feature_dataset_name(kind: str) -> str:

@@ -8,12 +8,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from common.choices import CROP_COUNTS, FEATURE_DTYPES
 from features.datasets import DatasetIndex, validate_split_names
 from features.reader import attr_to_python, read_attrs, status_summary, validate_layout
 from features.rows import contiguous_runs
 from features.schema import (
-    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CONFIG_ATTRS, CROP_CHOICES,
-    FEATURE_DTYPES, FEATURES_GROUP, IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, SCHEMA_VERSION,
+    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CONFIG_ATTRS, 
+    FEATURES_GROUP, IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, SCHEMA_VERSION,
     TEN_CROP_ORDER, Status, feature_dataset_name,
 )
 
@@ -136,8 +137,8 @@ class FeatureStoreWriter:
         `attrs` must hold every CONFIG_ATTRS key except crops and dtype; see schema.ROOT_ATTRS.
         """
         path = Path(path)
-        if crops not in CROP_CHOICES:
-            raise ValueError(f"crops={crops!r} is not supported; use one of {CROP_CHOICES}")
+        if crops not in CROP_COUNTS:
+            raise ValueError(f"crops={crops!r} is not supported; use one of {CROP_COUNTS}")
         if dtype not in FEATURE_DTYPES:
             raise ValueError(f"dtype={dtype!r} is not supported; use one of {FEATURE_DTYPES}")
         if not isinstance(feature_dim, (int, np.integer)) or feature_dim <= 0:

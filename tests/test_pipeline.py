@@ -1,5 +1,6 @@
 """The Click CLI: chained stages on tiny generated data, validation before any stage, config files, --help."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -86,16 +87,45 @@ def test_config_file_with_an_unknown_option_is_rejected(tmp_path):
 def test_preset_sets_fields_and_explicit_options_win(tmp_path):
     store = tmp_path / "s.h5"
     store.touch()
-    plan = pipeline._build_configs([("train", {"store": str(store), "preset": "order++", "margin": 0.1})], {})
+    plan = pipeline.build_plan([("train", {"store": str(store), "preset": "order++", "margin": 0.1})], {})
     (_, cfg), = plan
-    assert cfg.loss == "order" and cfg.abs_embeddings and cfg.margin == 0.1
+    assert cfg.similarity == "order" and cfg.abs_embeddings and cfg.margin == 0.1 and cfg.loss == "mh"
 
 
 @pytest.mark.parametrize("stage", sorted(pipeline.STAGES))
-def test_help_of_every_command_shows_defaults(stage):
-    result = CliRunner().invoke(pipeline.cli, [stage, "--help"])
-    assert result.exit_code == 0
-    assert "[default:" in result.output or "[required]" in result.output
+def test_every_option_says_its_default_or_that_it_is_required(stage):
+    spec = pipeline.STAGES[stage]
+    command = pipeline._make_command(stage, spec)
+    options = {param.name: param for param in command.params}
+    for config_field in dataclasses.fields(spec.config):
+        if config_field.name in spec.hidden:
+            assert config_field.name not in options
+            continue
+        help_text = options[config_field.name].help
+        default = config_field.default
+        if config_field.metadata.get("required"):
+            assert help_text.endswith("  [required]"), config_field.name
+        elif default not in ("", None, ()):
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            assert help_text.endswith(f"  [default: {shown}]"), config_field.name
+    assert CliRunner().invoke(pipeline.cli, [stage, "--help"]).exit_code == 0
+
+
+def test_boolean_options_read_naturally():
+    command = pipeline._make_command("train", pipeline.STAGES["train"])
+    image_norm = next(param for param in command.params if param.name == "image_norm")
+    assert image_norm.opts == ["--image-norm"] and image_norm.secondary_opts == ["--no-image-norm"]
+
+
+def test_config_file_keys_may_be_spelled_as_options_and_typos_get_a_suggestion(tmp_path):
+    store = tmp_path / "s.h5"
+    store.touch()
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"train": {"embed-dim": 64, "--word-dim": 32}}))
+    (_, cfg), = pipeline.build_plan([("train", {"store": str(store)})], pipeline._read_config_file(str(config)))
+    assert (cfg.embed_dim, cfg.word_dim) == (64, 32)
+    with pytest.raises(ValueError, match="'embed_dimm' \\(did you mean 'embed_dim'\\?\\)"):
+        pipeline.build_plan([("train", {"store": str(store)})], {"train": {"embed_dimm": 3}})
 
 
 def test_finetune_hides_the_options_it_takes_from_the_checkpoint():

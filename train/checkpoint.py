@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from common.files import atomic_write
+
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the keys below change incompatibly
+FORMAT_VERSION = 2  # bump when the keys below change incompatibly
 CHECKPOINT_KINDS = ("train", "finetune")
-REQUIRED_KEYS = ("format_version", "kind", "model", "optimizer", "scaler", "epoch", "step", "step_in_epoch",
+REQUIRED_KEYS = ("format_version", "kind", "model", "loss", "optimizer", "scaler", "epoch", "step", "step_in_epoch",
                  "best_rsum", "rng", "vocab", "config", "model_spec")
 
 
@@ -46,41 +46,27 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+def save_checkpoint(path: str | Path, *, model: nn.Module, loss: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler | None, kind: str, epoch: int, step: int, step_in_epoch: int,
                     best_rsum: float, vocab: dict, config: dict, model_spec: dict) -> None:
-    """Write everything that determines the next step to `path`, atomically.
+    """Write everything that determines the next step to `path`, atomically and durably.
 
-    `epoch`/`step_in_epoch` say where the next step starts; `step` counts steps done. `vocab` and `config`
-    are plain dicts (Vocabulary.to_dict, TrainConfig.to_dict); `model_spec` holds what rebuilding the model
-    needs beyond the config (vocab_size, feature_dim). Written to a temporary file in the same folder,
-    fsynced, then renamed over `path`, so a crash never leaves a truncated checkpoint.
+    `epoch`/`step_in_epoch` say where the next step starts; `step` counts steps done. `loss` is the loss
+    module (its state: InfoNCE's temperature). `vocab` and `config` are plain dicts (Vocabulary.to_dict,
+    TrainConfig.to_dict); `model_spec` holds what rebuilding the model needs beyond the config (vocab_size,
+    feature_dim). A crash never leaves a truncated checkpoint (common.files.atomic_write).
     """
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"checkpoint kind {kind!r} is not one of {CHECKPOINT_KINDS}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "format_version": FORMAT_VERSION, "kind": kind, "model": model.state_dict(),
+        "format_version": FORMAT_VERSION, "kind": kind, "model": model.state_dict(), "loss": loss.state_dict(),
         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": int(epoch), "step": int(step), "step_in_epoch": int(step_in_epoch), "best_rsum": float(best_rsum),
         "rng": capture_rng_state(), "vocab": vocab, "config": config, "model_spec": model_spec,
     }
-    handle, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as tmp_file:
-            torch.save(payload, tmp_file)
-            tmp_file.flush()
-            os.fsync(tmp_file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    atomic_write(path, lambda handle: torch.save(payload, handle), durable=True)
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
@@ -106,20 +92,26 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
 
 
 def load_model_state(model: nn.Module, state: dict, *, source: str = "checkpoint") -> None:
-    """Strict load: any missing or unexpected key is a ValueError listing them (never silently dropped)."""
-    own, given = set(model.state_dict()), set(state)
-    missing, unexpected = sorted(own - given), sorted(given - own)
+    """Strict load: a missing or unexpected key, or a tensor of another shape, is a ValueError listing them."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         raise ValueError(f"{source} does not fit the model: missing keys {missing[:20]}, unexpected keys "
                          f"{unexpected[:20]}; was it written with other model options (text/image pool, "
-                         "caption head, loss infonce)?")
+                         "caption head, loss)?")
+    reshaped = [f"{key} {tuple(state[key].shape)} vs {tuple(value.shape)}" for key, value in own.items()
+                if tuple(state[key].shape) != tuple(value.shape)]
+    if reshaped:
+        raise ValueError(f"{source} does not fit the model: tensors of other shapes (checkpoint vs model) "
+                         f"{reshaped[:5]}; the store's feature size or the vocabulary differs from the run's")
     model.load_state_dict(state, strict=True)
 
 
-def restore_training_state(checkpoint: dict, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                           scaler: torch.amp.GradScaler | None) -> None:
-    """Load model, optimizer, scaler and RNG states of `checkpoint` (counters are the caller's)."""
+def restore_training_state(checkpoint: dict, *, model: nn.Module, loss: nn.Module,
+                           optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """Load model, loss, optimizer, scaler and RNG states of `checkpoint` (counters are the caller's)."""
     load_model_state(model, checkpoint["model"])
+    load_model_state(loss, checkpoint["loss"], source="the checkpoint's loss state")
     optimizer.load_state_dict(checkpoint["optimizer"])
     if (checkpoint["scaler"] is None) != (scaler is None):
         raise ValueError("the checkpoint and this run disagree on fp16 loss scaling (--amp); resume with the "

@@ -2,8 +2,8 @@
 
 One epoch visits every caption of the training splits once, in a permutation seeded by (seed, epoch);
 batch `step` of an epoch is a pure function of (seed, epoch, step), so a resume mid-epoch skips the
-batches already done and sees the very same ones after. Features are read from the memmap with the
-batch's sorted unique image rows only: the feature array is never materialised.
+batches already done and sees the very same ones after. Features are read with the store's row reader
+(`feature_rows`, preadv) for the batch's sorted unique image rows only, so memory stays one batch.
 
 Feature modes (what one caption's image looks like in a batch):
   "1c"          the center crop, [B, D] (store kind 1c);
@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from train.config import FEATURE_MODES
+from common.choices import FEATURE_MODES
 from train.text import Vocabulary, caption_tokens
 
 NUM_CROPS = 10
-# Independent random streams, keyed by (seed, epoch, [step,] stream): 2 is the trainer's group-k stream,
-# 3 finetune's random crops.
+# Independent random streams, keyed by (seed, epoch, [step,] stream): 2 is the group loss's random-k stream
+# (train/losses/group.py), 3 finetune's random crops (train/finetune/data.py).
 ORDER_STREAM, CROP_STREAM, LOADER_STREAM = 0, 1, 4
 
 
@@ -43,7 +43,7 @@ def eval_feature_mode(feature_mode: str) -> str:
 
 def read_image_features(features: np.ndarray, image_rows: np.ndarray, *, feature_mode: str,
                         crop_indices: np.ndarray | None = None) -> np.ndarray:
-    """float32 features of `image_rows` (one per caption, repeats allowed) read from a memmap.
+    """float32 features of `image_rows` (one per caption, repeats allowed) read from a row reader.
 
     Reads only the sorted unique rows (locality; h5py Datasets need it too), then maps back with the
     inverse. `crop_indices` [B] in [0, 10) is required for "10c-random". Shapes: [B, D], or [B, 10, D]

@@ -1,22 +1,17 @@
-"""Encode a split of the store into embeddings (validation, eval) and load a model from a checkpoint."""
+"""Encode a split of the store into embeddings, for validation and evaluation."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from train import losses
-from train.checkpoint import load_checkpoint, load_model_state
-from train.config import TrainConfig
 from train.data import eval_feature_mode, pad_token_ids, read_image_features, store_kind
-from train.model import VSEModel, build_model
+from train.losses.similarity import similarity_function
+from train.model import VSEModel
 from train.text import Vocabulary, caption_tokens
 
-logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def encode_store_images(model: VSEModel, store: object, image_rows: np.ndarray, *, feature_mode: str,
@@ -78,31 +73,6 @@ def encode_split(model: VSEModel, store: object, *, splits: Sequence[str], featu
 
 
 @torch.no_grad()
-def similarity_matrix(image_emb: torch.Tensor, caption_emb: torch.Tensor, *, loss: str) -> torch.Tensor:
-    """sims [N, M] as the model was trained: order similarity for loss "order", else the dot product."""
-    if loss == "order":
-        return losses.order_sim(image_emb, caption_emb)  # chunked inside
-    return losses.cosine_sim(image_emb, caption_emb)
-
-
-def model_from_checkpoint(checkpoint: dict, *, device: torch.device | str) -> tuple[VSEModel, Vocabulary,
-                                                                                    TrainConfig]:
-    """Rebuild the (precomputed-feature) model of a loaded checkpoint dict, weights loaded strictly."""
-    config = TrainConfig.from_dict(checkpoint["config"])
-    vocab = Vocabulary.from_dict(checkpoint["vocab"])
-    spec = checkpoint["model_spec"]
-    model = build_model(config, vocab_size=spec["vocab_size"], feature_dim=spec["feature_dim"])
-    load_model_state(model, checkpoint["model"])
-    return model.to(device).eval(), vocab, config
-
-
-def load_model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[
-        VSEModel, Vocabulary, TrainConfig]:
-    """(model in eval mode, vocab, config) of a train-stage checkpoint (last.pt or best.pt)."""
-    checkpoint = load_checkpoint(path, map_location="cpu")
-    if checkpoint["kind"] != "train":
-        raise ValueError(f"{path} is a {checkpoint['kind']!r} checkpoint with a CNN image encoder; load it with "
-                         "the finetune module (train.finetune), not load_model_from_checkpoint")
-    logger.info("loaded %s (epoch %d, step %d, best rsum %.2f)", path, checkpoint["epoch"], checkpoint["step"],
-                checkpoint["best_rsum"])
-    return model_from_checkpoint(checkpoint, device=device)
+def similarity_matrix(image_emb: torch.Tensor, caption_emb: torch.Tensor, *, similarity: str) -> torch.Tensor:
+    """sims [N, M] with the similarity the model was trained with ("cosine" or "order", chunked inside)."""
+    return similarity_function(similarity)(image_emb, caption_emb)

@@ -1,11 +1,9 @@
 """VSE model: GRU caption encoder, image head over precomputed features, both L2-normalised.
 
-The model returns embeddings only; losses live in train/losses.py and the loop in train/trainer.py.
+The model returns embeddings only; losses live in train/losses/ and the loop in train/trainer.py.
 Image side = ImageEncoder(head, backbone=None): train uses precomputed features (no backbone);
 finetune puts a CNN in front of the *same* ImageHead with `ImageEncoder.set_backbone`, so a train
-checkpoint's head weights load unchanged. InfoNCE's learnable temperature is `VSEModel.logit_scale`,
-present only when built with `learn_logit_scale=True` (loss "infonce"), so every other model has no
-parameter that never gets a gradient.
+checkpoint's head weights load unchanged.
 """
 
 from __future__ import annotations
@@ -17,12 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from common.choices import IMAGE_POOLS, TEXT_POOLS
 from train import pooling
-from train.config import IMAGE_POOLS, TEXT_POOLS, TrainConfig
+from train.config import TrainConfig
 
 WORD_INIT_RANGE = 0.1  # reference: word embeddings uniform in [-0.1, 0.1]
-INFONCE_INIT_TEMPERATURE = 0.07  # CLIP's initial temperature; logit_scale = log(1 / T)
-INFONCE_MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the scale at 100
 
 
 def xavier_linear(in_features: int, out_features: int) -> nn.Linear:
@@ -82,17 +79,17 @@ class ImageHead(nn.Module):
     """Image features [B, D] or a crop set [B, K, D] -> image embeddings [B, E].
 
     Each feature vector is projected by Linear(D, E) (Xavier init); a set is then pooled over K by
-    image_pool ("mean", or "adaptive" of Zhang et al.); then L2 norm unless no_imgnorm. Projecting then
+    image_pool ("mean", or "adaptive" of Zhang et al.); then L2 norm when image_norm. Projecting then
     mean-pooling equals mean-pooling then projecting (linear), so "10c" and "10c-set"+"mean" agree.
     """
 
     def __init__(self, feature_dim: int, *, embed_dim: int, image_pool: str = "mean",
-                 no_imgnorm: bool = False) -> None:
+                 image_norm: bool = True) -> None:
         super().__init__()
         self.feature_dim = feature_dim
         self.fc = xavier_linear(feature_dim, embed_dim)
         self.pool = _set_pool(image_pool, embed_dim, IMAGE_POOLS, "image pool")
-        self.no_imgnorm = no_imgnorm
+        self.image_norm = image_norm
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """[B, D] or [B, K, D] float -> [B, E]."""
@@ -104,7 +101,7 @@ class ImageHead(nn.Module):
             lengths = torch.full((projected.shape[0],), projected.shape[1], dtype=torch.int64,
                                  device=projected.device)
             projected = projected.mean(dim=1) if self.pool is None else self.pool(projected, lengths)
-        return projected if self.no_imgnorm else F.normalize(projected, dim=-1)
+        return F.normalize(projected, dim=-1) if self.image_norm else projected
 
 
 class ImageEncoder(nn.Module):
@@ -128,14 +125,12 @@ class ImageEncoder(nn.Module):
 class VSEModel(nn.Module):
     """Image and caption encoders into one joint space; returns embeddings, never a loss."""
 
-    def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder, *, abs_embeddings: bool = False,
-                 learn_logit_scale: bool = False) -> None:
+    def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder, *,
+                 abs_embeddings: bool = False) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.abs_embeddings = abs_embeddings
-        self.logit_scale = (nn.Parameter(torch.tensor(math.log(1.0 / INFONCE_INIT_TEMPERATURE)))
-                            if learn_logit_scale else None)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Features [B, D] / [B, K, D] (or images, with a backbone) -> image_emb [B, E]."""
@@ -152,18 +147,11 @@ class VSEModel(nn.Module):
         """-> (image_emb [B, E], caption_emb [B, E])."""
         return self.encode_images(images), self.encode_captions(tokens, lengths)
 
-    def infonce_scale(self) -> torch.Tensor:
-        """exp(logit_scale) clamped at 100 (CLIP); only for models built with learn_logit_scale."""
-        if self.logit_scale is None:
-            raise ValueError("this model has no logit scale; build it with loss 'infonce'")
-        return self.logit_scale.clamp(max=INFONCE_MAX_LOGIT_SCALE).exp()
-
 
 def build_model(config: TrainConfig, *, vocab_size: int, feature_dim: int) -> VSEModel:
     """The VSE model of `config` for precomputed features of size `feature_dim` (no backbone)."""
     head = ImageHead(feature_dim, embed_dim=config.embed_dim, image_pool=config.image_pool,
-                     no_imgnorm=config.no_imgnorm)
+                     image_norm=config.image_norm)
     text = TextEncoder(vocab_size, word_dim=config.word_dim, embed_dim=config.embed_dim,
                        text_pool=config.text_pool, caption_head=config.caption_head)
-    return VSEModel(ImageEncoder(head), text, abs_embeddings=config.abs_embeddings,
-                    learn_logit_scale=config.loss == "infonce")
+    return VSEModel(ImageEncoder(head), text, abs_embeddings=config.abs_embeddings)

@@ -10,7 +10,7 @@ from extract.config import ExtractConfig, config_json_path, parse_shard
 
 
 def _config(**overrides: object) -> ExtractConfig:
-    return ExtractConfig(dataset="d.json", image_root="root", out="out.h5", **overrides)
+    return ExtractConfig(**{"dataset": "d.json", "image_root": "root", "out": "out.h5", **overrides})
 
 
 def test_every_field_has_help_and_enumerations_have_choices() -> None:
@@ -22,9 +22,10 @@ def test_every_field_has_help_and_enumerations_have_choices() -> None:
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"backbone": "alexnet"}, "backbone = 'alexnet'"), ({"crops": 5}, "crops = 5"),
-    ({"dtype": "float64"}, "dtype = 'float64'"), ({"amp": "int8"}, "amp = 'int8'"),
-    ({"batch_size": 0}, "batch_size"), ({"workers": -1}, "workers"), ({"shard": "3/3"}, "shard '3/3'"),
+    ({"backbone": "alexnet"}, "--backbone alexnet is not one of vgg19, resnet152"), ({"crops": 5}, "--crops 5 is not"),
+    ({"dtype": "float64"}, "--dtype float64 is not"), ({"amp": "int8"}, "--amp int8 is not"),
+    ({"batch_size": 0}, "--batch-size must be >= 1"), ({"workers": -1}, "--workers must be >= 0"),
+    ({"shard": "3/3"}, "shard '3/3'"), ({"out": ""}, "--out is required"),
 ])
 def test_validate_names_bad_value(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

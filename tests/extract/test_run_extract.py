@@ -52,7 +52,8 @@ def test_features_equal_torchvision_model(tiny_dataset: tuple[Path, Path], tmp_p
     np.testing.assert_allclose(stored["features/10c"][3], expected, atol=1e-5, rtol=0)
     with h5py.File(out, "r") as h5file:
         assert h5file.attrs["backbone"] == "resnet18" and h5file.attrs["layer"] == "avgpool"
-        assert h5file.attrs["weights_name"] == "none (random init, seed 7)" and h5file.attrs["crops"] == 10
+        assert h5file.attrs["weights_name"] == "none" and h5file.attrs["weights_seed"] == 7
+        assert h5file.attrs["crops"] == 10
     assert ExtractConfig.load_json(config_json_path(out)) == make_config(dataset, root, out)
     # --crops 1 --dtype float16 gives the center crop of the ten, rounded to float16
     run_extract(make_config(dataset, root, tmp_path / "one.h5", crops=1, dtype="float16", channels_last=False))
@@ -122,7 +123,7 @@ def test_config_mismatch_on_rerun(tiny_dataset: tuple[Path, Path], tmp_path: Pat
     dataset, root = tiny_dataset
     out = tmp_path / "store.h5"
     run_extract(make_config(dataset, root, out, max_batches=0))
-    with pytest.raises(ValueError, match="another config.*seed 8"):
+    with pytest.raises(ValueError, match="another config .weights_seed: stored 7 vs requested 8"):
         run_extract(make_config(dataset, root, out, seed=8, max_batches=0))
     with pytest.raises(ValueError, match="crops"):
         run_extract(make_config(dataset, root, out, crops=1, max_batches=0))

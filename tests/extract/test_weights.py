@@ -12,7 +12,8 @@ from torchvision import models
 from extract.backbones import build_backbone
 from extract.config import ExtractConfig
 from extract.run import run_extract
-from extract.weights import load_state_dict_strict, resolve_weights, sha256_of_file
+from extract.backbones import load_state_dict_strict
+from extract.weights import resolve_weights, sha256_of_file
 
 
 @pytest.fixture

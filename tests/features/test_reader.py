@@ -114,10 +114,10 @@ def test_rejects_other_schema_version_and_missing_dataset(make_store) -> None:
     writer = make_store(crops=10)
     writer._file.attrs["schema_version"] = 7
     writer.close()
-    with pytest.raises(ValueError, match="schema_version 7 found, this code supports 1"):
+    with pytest.raises(ValueError, match="schema_version 7 found, this code supports 2"):
         FeatureStore(writer.path)
     with h5py.File(writer.path, "r+") as h5file:
-        h5file.attrs["schema_version"] = 1
+        h5file.attrs["schema_version"] = 2
         del h5file["features/10c"]
     with pytest.raises(ValueError, match="'features/10c' is missing"):
         FeatureStore(writer.path)

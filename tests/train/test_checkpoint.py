@@ -1,5 +1,6 @@
 """Tests of train/checkpoint.py: atomic save, validated load, strict weights, RNG round trip."""
 
+import os
 import random
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from train.checkpoint import (
 
 
 def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, **overrides) -> None:
-    args = dict(model=model, optimizer=optimizer, scaler=None, kind="train", epoch=1, step=7, step_in_epoch=3,
+    args = dict(model=model, loss=nn.Module(), optimizer=optimizer, scaler=None, kind="train", epoch=1, step=7, step_in_epoch=3,
                 best_rsum=12.5, vocab={"words": ["<pad>", "<start>", "<end>", "<unk>"]}, config={"seed": 0},
                 model_spec={"vocab_size": 4, "feature_dim": 3})
     args.update(overrides)
@@ -35,7 +36,7 @@ def test_round_trip_restores_weights_optimizer_and_rng(tmp_path: Path):
     other = nn.Linear(3, 2)
     other_optimizer = torch.optim.Adam(other.parameters(), lr=0.1)
     checkpoint = load_checkpoint(tmp_path / "last.pt", expected_kind="train")
-    restore_training_state(checkpoint, model=other, optimizer=other_optimizer, scaler=None)
+    restore_training_state(checkpoint, model=other, loss=nn.Module(), optimizer=other_optimizer, scaler=None)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
     exp_avg = [opt.state_dict()["state"][0]["exp_avg"] for opt in (optimizer, other_optimizer)]
     assert torch.equal(*exp_avg)
@@ -60,6 +61,21 @@ def test_strict_load_lists_keys():
     state = {"0.weight": torch.zeros(2, 2), "extra": torch.zeros(1)}
     with pytest.raises(ValueError, match=r"missing keys \['0.bias'\], unexpected keys \['extra'\]"):
         load_model_state(model, state)
+
+
+def test_strict_load_names_tensors_of_another_shape():
+    model = nn.Sequential(nn.Linear(2, 3))
+    state = {"0.weight": torch.zeros(3, 5), "0.bias": torch.zeros(3)}
+    with pytest.raises(ValueError, match=r"other shapes .*0.weight \(3, 5\) vs \(3, 2\).*feature size"):
+        load_model_state(model, state)
+
+
+def test_checkpoint_files_get_the_usual_mode(tmp_path: Path):
+    model = nn.Linear(2, 2)
+    _save(tmp_path / "last.pt", model, torch.optim.Adam(model.parameters()))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_failed_save_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

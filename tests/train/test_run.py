@@ -10,7 +10,8 @@ import torch
 from features.reader import FeatureStore
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
-from train.encode import encode_split, load_model_from_checkpoint, similarity_matrix
+from retrieval.model import load_model
+from train.encode import encode_split, similarity_matrix
 from train.model import build_model
 from train.run import run_train
 from train.text import Vocabulary, build_vocabulary
@@ -27,26 +28,28 @@ def test_training_improves_rsum_over_the_untrained_model(tiny_config: TrainConfi
     summary = run_train(cfg)
     assert summary["best_rsum"] > untrained + 100, (untrained, summary["best_rsum"])
     run = Path(cfg.out_dir)
-    assert TrainConfig.from_json(run / "config.json") == cfg
+    assert TrainConfig.load_json(run / "config.json") == cfg
     assert Vocabulary.load(run / "vocab.json").words == vocab.words
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["event"] == "step"]
     assert [r["step"] for r in steps] == list(range(1, 13)) and all(r["steps_per_s"] > 0 for r in steps)
-    model, loaded_vocab, loaded_cfg = load_model_from_checkpoint(run / "best.pt")
+    loaded = load_model(run / "best.pt")
+    model, loaded_vocab, loaded_cfg = loaded.model, loaded.vocab, loaded.config
+    assert loaded.kind == "train" and not loaded.has_cnn and loaded_cfg == cfg
     with FeatureStore(cfg.store) as store:
         image_emb, caption_emb, caption_image_index, image_rows = encode_split(
             model, store, splits=["val"], feature_mode=cfg.feature_mode, vocab=loaded_vocab, batch_size=7,
             device="cpu")
         assert image_rows.tolist() == store.image_indices(["val"]).tolist()
     assert caption_emb.shape == (3 * len(image_rows), cfg.embed_dim)
-    assert similarity_matrix(image_emb, caption_emb, loss=loaded_cfg.loss).shape == (len(image_rows),
+    assert similarity_matrix(image_emb, caption_emb, similarity=loaded_cfg.similarity).shape == (len(image_rows),
                                                                                       len(caption_emb))
 
 
 @pytest.mark.parametrize("feature_mode,loss", [("10c-random", "mh"), ("10c-set", "group")])
 def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config: TrainConfig, feature_mode: str, loss: str):
-    base = dataclasses.replace(tiny_config, batch_size=48, epochs=2, feature_mode=feature_mode, loss=loss,
-                               group_k_mode="random", text_pool="mean" if loss == "group" else "last")
+    group = {"group_k_mode": "random", "text_pool": "mean"} if loss == "group" else {}
+    base = dataclasses.replace(tiny_config, batch_size=48, epochs=2, feature_mode=feature_mode, loss=loss, **group)
     whole = dataclasses.replace(base, out_dir=str(Path(base.out_dir) / "whole"))
     part = dataclasses.replace(base, out_dir=str(Path(base.out_dir) / "part"), max_steps=3)  # mid-epoch 0
     run_train(whole)
@@ -77,8 +80,8 @@ def test_resume_with_other_options_is_an_error(tiny_config: TrainConfig):
 
 @pytest.mark.parametrize("changes,message", [
     ({"image_pool": "adaptive"}, "use --feature-mode 10c-set"),
-    ({"loss": "hinge"}, "--loss 'hinge' is not one of"),
-    ({"warmup_epochs": 2, "loss": "infonce"}, "set --warmup-epochs 0"),
+    ({"loss": "hinge"}, "--loss hinge is not one of"),
+    ({"warmup_epochs": 2, "loss": "infonce"}, "does not use --warmup-epochs 2"),
     ({"val_split": "train"}, "also a training split"),
     ({"amp": "fp16"}, "needs CUDA"),
     ({"batch_size": 0}, "--batch-size must be >= 1"),

@@ -7,7 +7,7 @@ import pytest
 from features.reader import FeatureStore
 from train.text import SPECIAL_TOKENS, UNK, Vocabulary, build_vocabulary, caption_tokens, tokenize
 
-from .conftest import VAL_ONLY_WORD
+from tests.synthetic_store import VAL_ONLY_WORD
 
 
 def test_tokenize_lowercases_and_splits_punctuation():

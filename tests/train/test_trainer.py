@@ -1,4 +1,4 @@
-"""Tests of train/trainer.py: every loss trains every parameter, warm-up, lr groups, interrupt handling."""
+"""Tests of train/trainer.py: every loss trains every parameter, lr groups, interrupt handling."""
 
 import os
 import signal
@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from common.choices import LOSSES
 from features.reader import FeatureStore
-from train import losses
 from train.checkpoint import load_checkpoint
-from train.config import LOSSES, TrainConfig
+from train.config import TrainConfig
 from train.data import CaptionBatches, pad_token_ids
+from train.losses import build_loss
 from train.model import build_model
 from train.text import build_vocabulary
-from train.trainer import Trainer, compute_loss, store_validator
+from train.trainer import Trainer, store_validator
 
 VOCAB, FEATURE_DIM = 20, 24
 
@@ -28,38 +29,25 @@ def _batch(feature_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, 
     return torch.randn(6, *feature_shape), tokens, lengths, image_ids
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss,similarity", [(loss, "cosine") for loss in LOSSES] + [("mh", "order")])
 @pytest.mark.parametrize("text_pool,image_pool,feature_shape", [("last", "mean", (FEATURE_DIM,)),
                                                                ("gpo", "adaptive", (10, FEATURE_DIM))])
-def test_every_loss_reaches_every_trainable_parameter(loss: str, text_pool: str, image_pool: str,
+def test_every_loss_reaches_every_trainable_parameter(loss: str, similarity: str, text_pool: str, image_pool: str,
                                                       feature_shape: tuple[int, ...]):
     torch.manual_seed(0)
-    config = TrainConfig(embed_dim=16, word_dim=8, loss=loss, text_pool=text_pool, image_pool=image_pool,
-                         caption_head=True, abs_embeddings=loss == "order", margin=0.05 if loss == "order" else 0.2)
+    order = similarity == "order"
+    config = TrainConfig(embed_dim=16, word_dim=8, loss=loss, similarity=similarity, text_pool=text_pool,
+                         image_pool=image_pool, caption_head=True, abs_embeddings=order, margin=0.05 if order else 0.2)
     model = build_model(config, vocab_size=VOCAB, feature_dim=FEATURE_DIM)
+    loss_fn = build_loss(config)
     images, tokens, lengths, image_ids = _batch(feature_shape)
     image_emb, caption_emb = model(images, tokens, lengths)
-    vectors = torch.rand(6, 5)
-    value, k = compute_loss(config, image_emb=image_emb, caption_emb=caption_emb, image_ids=image_ids, epoch=0,
-                            model=model, semantic_sim=vectors @ vectors.T, generator=torch.Generator().manual_seed(0))
+    value, logs = loss_fn(image_emb, caption_emb, image_ids, caption_ids=torch.arange(6), epoch=0, step=0)
     assert torch.isfinite(value) and value.item() >= 0
-    assert (k is not None) == (loss == "group")
+    assert ("k" in logs) == (loss == "group")
     value.backward()
-    for name, parameter in model.named_parameters():
+    for name, parameter in [*model.named_parameters(), *loss_fn.named_parameters()]:
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"{loss}: no gradient for {name}"
-
-
-def test_warmup_uses_sh_then_mh():
-    torch.manual_seed(0)
-    config = TrainConfig(embed_dim=16, word_dim=8, loss="mh", warmup_epochs=1)
-    model = build_model(config, vocab_size=VOCAB, feature_dim=FEATURE_DIM)
-    images, tokens, lengths, image_ids = _batch((FEATURE_DIM,))
-    image_emb, caption_emb = model(images, tokens, lengths)
-    sims, mask = image_emb @ caption_emb.T, losses.positive_mask(image_ids, image_ids)
-    for epoch, max_violation in ((0, False), (1, True)):
-        value, _ = compute_loss(config, image_emb=image_emb, caption_emb=caption_emb, image_ids=image_ids,
-                                epoch=epoch, model=model)
-        torch.testing.assert_close(value, losses.contrastive_loss(sims, mask, max_violation=max_violation))
 
 
 def _trainer(store: FeatureStore, config: TrainConfig, **kwargs) -> Trainer:
@@ -68,7 +56,7 @@ def _trainer(store: FeatureStore, config: TrainConfig, **kwargs) -> Trainer:
     model = build_model(config, vocab_size=len(vocab), feature_dim=store.feature_dim)
     batches = CaptionBatches(store, splits=["train"], vocab=vocab, feature_mode=config.feature_mode,
                              batch_size=config.batch_size, seed=config.seed)
-    return Trainer(model, config=config, batches=batches, out_dir=config.out_dir, vocab=vocab,
+    return Trainer(model, build_loss(config), config=config, batches=batches, out_dir=config.out_dir, vocab=vocab,
                    validate=store_validator(store, config=config, vocab=vocab, device=torch.device("cpu")),
                    model_spec={"vocab_size": len(vocab), "feature_dim": store.feature_dim}, **kwargs)
 
@@ -79,7 +67,7 @@ def test_param_groups_keep_their_own_base_lr(store_path: Path, tiny_config: Trai
         text = list(probe.model.text_encoder.parameters())
         image = list(probe.model.image_encoder.parameters())
         trainer = _trainer(store, tiny_config)
-        trainer = Trainer(trainer.model, config=tiny_config, batches=trainer.batches, validate=trainer.validate,
+        trainer = Trainer(trainer.model, trainer.loss, config=tiny_config, batches=trainer.batches, validate=trainer.validate,
                           out_dir=tiny_config.out_dir, vocab=trainer.vocab, model_spec=trainer.model_spec,
                           param_groups=[{"params": text, "lr": 1.0}, {"params": image, "lr": 10.0}])
         trainer.epoch = tiny_config.lr_decay_epochs
@@ -87,7 +75,7 @@ def test_param_groups_keep_their_own_base_lr(store_path: Path, tiny_config: Trai
         assert [group["lr"] for group in trainer.optimizer.param_groups] == pytest.approx([0.1, 1.0])
         text[0].requires_grad_(False)
         with pytest.raises(ValueError, match="frozen"):
-            Trainer(trainer.model, config=tiny_config, batches=trainer.batches, validate=trainer.validate,
+            Trainer(trainer.model, trainer.loss, config=tiny_config, batches=trainer.batches, validate=trainer.validate,
                     out_dir=tiny_config.out_dir, vocab=trainer.vocab, model_spec=trainer.model_spec,
                     param_groups=[{"params": text, "lr": 1.0}])
 

@@ -1,4 +1,4 @@
-"""Tests of train/semantic.py: preprocessing, train-only fitting, the cache beside the store."""
+"""Tests of train/losses/semantic.py: preprocessing, train-only fitting, the cache beside the store."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train import semantic
-from train.semantic import (
+from train.losses import semantic
+from train.losses.semantic import (
     fit_semantic_model,
     load_or_fit_semantic_vectors,
     preprocess_caption,
@@ -107,7 +107,7 @@ def test_fit_is_deterministic_for_a_seed() -> None:
 
 def test_dim_reduced_for_tiny_vocabulary(caplog: pytest.LogCaptureFixture) -> None:
     captions = ["red apple", "green apple", "red pear", "green pear", "yellow banana", "apple banana"]
-    with caplog.at_level(logging.INFO, logger="train.semantic"):
+    with caplog.at_level(logging.INFO, logger="train.losses.semantic"):
         model = fit_semantic_model(captions, dim=400)
     assert model.vocabulary_size == 6
     assert model.dim == 5

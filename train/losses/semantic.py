@@ -5,19 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import snowballstemmer
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
+
+from common.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -147,18 +147,6 @@ def semantic_cache_paths(store_path: str | Path, key: dict[str, Any]) -> tuple[P
     return Path(stem + ".npy"), Path(stem + ".json")
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through `write(file_object)` to a temporary file in the same folder, then rename."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _load_cache(npy_path: Path, json_path: Path, key: dict[str, Any], num_captions: int) -> np.ndarray | None:
     """The cached vectors if both files exist and agree with `key` and the store, else None (logged)."""
     if not (npy_path.exists() and json_path.exists()):
@@ -231,8 +219,8 @@ def load_or_fit_semantic_vectors(
         "store_path": str(store_path),
         "fit_seconds": round(time.perf_counter() - start, 3),
     }
-    _atomic_write(npy_path, lambda f: np.save(f, vectors, allow_pickle=False))
+    atomic_write(npy_path, lambda f: np.save(f, vectors, allow_pickle=False))
     # The JSON goes last: a cache without it (an interrupted write) is never read.
-    _atomic_write(json_path, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    atomic_write(json_path, lambda f: f.write(json.dumps(meta, indent=2).encode()))
     logger.info("semantic vectors %s written to %s", list(vectors.shape), npy_path)
     return vectors

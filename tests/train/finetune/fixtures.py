@@ -13,7 +13,8 @@ from PIL import Image
 
 from extract.config import ExtractConfig
 from extract.run import run_extract
-from train.config import FinetuneConfig, TrainConfig
+from train.config import TrainConfig
+from train.finetune.config import FinetuneConfig
 from train.run import run_train
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 220, 40)}

@@ -1,24 +1,30 @@
 """Dynamic group of hard negatives (Zhang et al., EACL 2023): the loss and its choice of k.
 
-Same batch convention as train/losses.py: sims [B, B], row b = image of caption b, the diagonal is
-each query's positive, pos_mask True for same-image pairs (never negatives). Reference for the exact
-forms: the authors' code, github.com/96-Zachary/vse_2ad, losses.py (ContrastiveLoss.ADCTO).
-Trainer use: k = select_k(mode, sims, pos_mask, ...) then group_hard_negative_loss(sims, pos_mask, k=k);
-log k.
+Same batch convention as train/losses/similarity.py: sims [B, B], row b = image of caption b, the
+diagonal is each query's positive, pos_mask True for same-image pairs (never negatives). Reference for the
+exact forms: the authors' code, github.com/96-Zachary/vse_2ad, losses.py (ContrastiveLoss.ADCTO).
+GroupLoss does k = select_k(mode, sims, pos_mask, ...), then group_hard_negative_loss(sims, pos_mask, k=k),
+and logs k.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train.config import GROUP_GAMMA, GROUP_TEMPERATURE, MARGIN
-from train.losses import validate_batch
+from common.choices import GROUP_K_MODES
+from train.losses.base import LossOutput, VSELoss
+from train.losses.similarity import positive_mask, validate_batch
 
-GROUP_MARGIN = MARGIN  # the authors add the VSE++ margin 0.2 to the negatives' logits
-K_MODES = ("adaptive", "constant", "random")
+# The authors' defaults (github.com/96-Zachary/vse_2ad).
+GROUP_TEMPERATURE = 0.05  # softmax temperature tau
+GROUP_GAMMA = 1.25  # exponent of the adaptive k
+GROUP_K = 3  # k of their constant-k variant
+GROUP_MARGIN = 0.2  # added to the negatives' logits (the VSE++ margin)
+K_STREAM = 2  # keeps the random-k stream apart from the data streams (train/data.py)
 
 
 def _check_group_batch(sims: torch.Tensor, pos_mask: torch.Tensor) -> int:
@@ -107,4 +113,36 @@ def select_k(mode: str, sims: torch.Tensor, pos_mask: torch.Tensor, *, k: int | 
         return min(k, batch - 1)
     if mode == "random":
         return int(torch.randint(1, batch, (1,), generator=generator).item())
-    raise ValueError(f"unknown k mode {mode!r}; valid: {', '.join(K_MODES)}")
+    raise ValueError(f"unknown k mode {mode!r}; valid: {', '.join(GROUP_K_MODES)}")
+
+
+class GroupLoss(VSELoss):
+    """group_hard_negative_loss with k chosen per batch by `k_mode`; logs k.
+
+    The "random" k stream is a pure function of (seed, epoch, step): a resumed run draws the same k.
+    A batch of one pair has no negative and contributes a zero loss (k 0).
+    """
+
+    def __init__(self, *, similarity: str, k_mode: str = "adaptive", k: int = GROUP_K, gamma: float = GROUP_GAMMA,
+                 temperature: float = GROUP_TEMPERATURE, margin: float = GROUP_MARGIN, seed: int = 0) -> None:
+        super().__init__(similarity=similarity)
+        if k_mode not in GROUP_K_MODES:
+            raise ValueError(f"unknown k mode {k_mode!r}; valid: {', '.join(GROUP_K_MODES)}")
+        self.k_mode, self.k, self.gamma, self.temperature, self.margin = k_mode, k, gamma, temperature, margin
+        self.seed = seed
+
+    def k_generator(self, epoch: int, step: int) -> torch.Generator:
+        """The CPU generator of the random k of batch (epoch, step)."""
+        seed = np.random.SeedSequence([self.seed, epoch, step, K_STREAM]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(seed))
+
+    def forward(self, image_emb: torch.Tensor, caption_emb: torch.Tensor, image_ids: torch.Tensor, *,
+                caption_ids: torch.Tensor, epoch: int, step: int) -> LossOutput:
+        sims = self.similarity(image_emb, caption_emb)
+        if sims.shape[0] < 2:
+            return LossOutput(sims.sum() * 0.0, {"k": 0})
+        pos_mask = positive_mask(image_ids, image_ids)
+        k = select_k(self.k_mode, sims.detach(), pos_mask, k=self.k, gamma=self.gamma,
+                     generator=self.k_generator(epoch, step))
+        loss = group_hard_negative_loss(sims, pos_mask, k=k, temperature=self.temperature, margin=self.margin)
+        return LossOutput(loss, {"k": int(k)})

@@ -1,8 +1,8 @@
 """Stage 3 entry point: run_finetune(cfg) trains the CNN end to end on random crops, from a train checkpoint.
 
-The model is the train-stage model rebuilt from its checkpoint (train.encode.model_from_checkpoint) with
-the store's CNN put in front of the same ImageHead, so fine-tuning starts from exactly the checkpoint's
-weights. The loop, the loss, the checkpoints and the exact resume are the Trainer's (kind "finetune").
+The model is the train-stage model rebuilt from its checkpoint with the store's CNN put in front of the
+same ImageHead, so fine-tuning starts from exactly the checkpoint's weights. The loop, the loss, the
+checkpoints and the exact resume are the Trainer's (kind "finetune").
 """
 
 from __future__ import annotations
@@ -15,29 +15,25 @@ import numpy as np
 import torch
 
 from eval.metrics import recall_metrics
-from extract.backbones import build_backbone
-from extract.device import resolve_device
 from features.datasets import validate_image_root
 from features.reader import FeatureStore
 from train.checkpoint import load_checkpoint, load_model_state
-from train.config import CHECKPOINT_FIELDS, RC_MODES, FinetuneConfig, TrainConfig
-from train.encode import model_from_checkpoint, similarity_matrix
-from train.finetune_data import ImageCaptionBatches, encode_split_from_images
-from train.finetune_model import CNNBackbone, backbone_from_store, parse_unfreeze
+from train.config import TrainConfig
+from train.encode import similarity_matrix
+from train.finetune.cnn import CNNBackbone, backbone_from_store
+from train.finetune.config import CHECKPOINT_FIELDS, FINETUNE_RESUME_MUTABLE_EXTRA, FinetuneConfig, parse_unfreeze
+from train.finetune.data import ImageCaptionBatches, encode_split_from_images
+from train.losses import VSELoss, build_loss
 from train.model import VSEModel, build_model
-from train.run import (CONFIG_FILE, RESUME_MUTABLE_FIELDS, VOCAB_FILE, check_resume_config, prepare_run_dir,
-                       validate_options)
+from train.run import check_device, run_summary
+from train.run_dir import CONFIG_FILE, RESUME_MUTABLE_FIELDS, VOCAB_FILE, check_resume_config, prepare_run_dir
 from train.text import Vocabulary
-from train.trainer import METRICS, Trainer
-
-__all__ = ["encode_split_from_images", "init_model", "model_from_finetune_checkpoint", "resolve_config", "run_finetune"]
+from train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
-# Paths a resume may point elsewhere (moved files); everything else must equal the checkpoint's config.
-FINETUNE_RESUME_MUTABLE_FIELDS = RESUME_MUTABLE_FIELDS + ("checkpoint", "image_root", "weights")
 # Attributes that say which CNN made a store: a head trained on one store fits another only if they agree.
-CNN_ATTRS = ("backbone", "layer", "weights_name", "weights_sha256", "resize", "crop", "mean", "std")
+CNN_ATTRS = ("backbone", "layer", "weights_name", "weights_sha256", "weights_seed", "resize", "crop", "mean", "std")
 
 
 def resolve_config(cfg: FinetuneConfig, train_config: dict) -> FinetuneConfig:
@@ -46,7 +42,7 @@ def resolve_config(cfg: FinetuneConfig, train_config: dict) -> FinetuneConfig:
     A field left at its TrainConfig default takes the checkpoint's value; a field set to anything else must
     equal it, since the model, vocabulary and loss are the checkpoint's (ValueError naming the fields).
     """
-    saved = TrainConfig.from_dict(train_config)
+    saved = TrainConfig.from_dict(train_config, source=f"the config inside {cfg.checkpoint}")
     defaults = TrainConfig()
     conflicts = [name for name in CHECKPOINT_FIELDS if getattr(cfg, name) != getattr(defaults, name)
                  and getattr(cfg, name) != getattr(saved, name)]
@@ -57,20 +53,6 @@ def resolve_config(cfg: FinetuneConfig, train_config: dict) -> FinetuneConfig:
                          "these options or train a new stage-two model with them")
     resolved = dataclasses.replace(cfg, **{name: getattr(saved, name) for name in CHECKPOINT_FIELDS})
     return dataclasses.replace(resolved, store=cfg.store or saved.store)
-
-
-def validate_finetune_options(cfg: FinetuneConfig) -> None:
-    """Check the finetune-only options without touching the disk (ValueError)."""
-    if not cfg.checkpoint:
-        raise ValueError("--checkpoint is required: the train-stage checkpoint (RUN/best.pt) to fine-tune")
-    if cfg.rc not in RC_MODES:
-        raise ValueError(f"--rc {cfg.rc!r} is not one of {', '.join(RC_MODES)}")
-    parse_unfreeze(cfg.unfreeze)
-    if not cfg.cnn_lr > 0:
-        raise ValueError(f"--cnn-lr must be > 0, got {cfg.cnn_lr}")
-    if cfg.grad_checkpointing and cfg.train_bn:
-        raise ValueError("--grad-checkpointing recomputes forward passes, which would update BatchNorm running "
-                         "statistics twice; use it with frozen BatchNorm (drop --train-bn)")
 
 
 def check_same_cnn(store: FeatureStore, trained_on: str) -> None:
@@ -98,10 +80,10 @@ def attach_cnn(model: VSEModel, cfg: FinetuneConfig, *, backbone: object) -> CNN
     return cnn
 
 
-def param_groups(model: VSEModel, cnn: CNNBackbone, cfg: FinetuneConfig) -> list[dict]:
-    """Adam groups of trainable parameters only: {head, text, logit scale: lr} and {CNN: cnn_lr}."""
+def param_groups(model: VSEModel, loss: VSELoss, cnn: CNNBackbone, cfg: FinetuneConfig) -> list[dict]:
+    """Adam groups of trainable parameters only: {head, text, loss state: lr} and {CNN: cnn_lr}."""
     cnn_ids = {id(parameter) for parameter in cnn.parameters()}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in cnn_ids]
+    rest = [p for module in (model, loss) for p in module.parameters() if p.requires_grad and id(p) not in cnn_ids]
     cnn_params = [p for p in cnn.parameters() if p.requires_grad]
     return [group for group in ({"params": rest, "lr": cfg.lr}, {"params": cnn_params, "lr": cfg.cnn_lr})
             if group["params"]]
@@ -114,15 +96,18 @@ def init_model(cfg: FinetuneConfig, init: dict, *, store: FeatureStore) -> tuple
     Returns (model, cnn, vocab, model_spec); every weight but the CNN's is the checkpoint's, the CNN's are
     the store's (so CNN + head on a center crop = head on the stored 1c feature).
     """
-    model, vocab, _ = model_from_checkpoint(init, device="cpu")
-    if init["model_spec"]["feature_dim"] != store.feature_dim:
-        raise ValueError(f"--checkpoint {cfg.checkpoint} has a head for {init['model_spec']['feature_dim']}-d "
-                         f"features, {store.path} holds {store.feature_dim}-d ones; use the store it was trained on")
+    spec = init["model_spec"]
+    if spec["feature_dim"] != store.feature_dim:
+        raise ValueError(f"--checkpoint {cfg.checkpoint} has a head for {spec['feature_dim']}-d features, "
+                         f"{store.path} holds {store.feature_dim}-d ones; use the store it was trained on")
+    vocab = Vocabulary.from_dict(init["vocab"])
+    model = build_model(cfg, vocab_size=spec["vocab_size"], feature_dim=spec["feature_dim"])
+    load_model_state(model, init["model"], source=f"--checkpoint {cfg.checkpoint}")
     backbone = backbone_from_store(store.attrs, store_path=store.path, feature_dim=store.feature_dim,
                                    weights=cfg.weights)
     cnn = attach_cnn(model, cfg, backbone=backbone)
-    model_spec = dict(init["model_spec"], backbone=cnn.name,
-                      **{key: store.attrs.get(key) for key in ("weights_name", "weights_sha256")})
+    model_spec = dict(spec, backbone=cnn.name,
+                      **{key: store.attrs.get(key) for key in ("weights_name", "weights_sha256", "weights_seed")})
     logger.info("CNN %s: training stages %s of %s (BatchNorm %s), %d trainable CNN parameters", cnn.name,
                 cnn.stage_names[len(cnn.stage_names) - cnn.num_trainable_stages:], cnn.stage_names,
                 "trained" if cfg.train_bn else "frozen", sum(p.numel() for p in cnn.parameters() if p.requires_grad))
@@ -141,16 +126,16 @@ def _check_images(batches: ImageCaptionBatches, store: FeatureStore, image_root:
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune the CNN, head and caption encoder of cfg.checkpoint; return best rsum, steps and artifact paths."""
-    validate_finetune_options(cfg)
     init = load_checkpoint(cfg.checkpoint, expected_kind="train")  # FileNotFoundError when missing
     logger.info("initialising from %s (epoch %d, step %d, best rsum %.2f)", cfg.checkpoint, init["epoch"],
                 init["step"], init["best_rsum"])
     cfg = resolve_config(cfg, init["config"])
-    validate_options(cfg)
-    device = resolve_device(cfg.device)
+    cfg.validate()
+    device = check_device(cfg)
     resume_from = load_checkpoint(cfg.resume, expected_kind="finetune") if cfg.resume else None
     if resume_from is not None:
-        check_resume_config(cfg, resume_from["config"], cfg.resume, mutable=FINETUNE_RESUME_MUTABLE_FIELDS)
+        check_resume_config(cfg, resume_from["config"], cfg.resume,
+                            mutable=RESUME_MUTABLE_FIELDS + FINETUNE_RESUME_MUTABLE_EXTRA)
     out_dir = Path(cfg.out_dir)
     with FeatureStore(cfg.store) as store:
         check_same_cnn(store, init["config"]["store"])
@@ -159,6 +144,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         image_root = validate_image_root(cfg.image_root or store.attrs["image_root"])
         cfg = dataclasses.replace(cfg, image_root=str(image_root))
         model, cnn, vocab, model_spec = init_model(cfg, init, store=store)
+        loss = build_loss(cfg, store=store)
+        load_model_state(loss, init["loss"], source=f"the loss state of --checkpoint {cfg.checkpoint}")
         batches = ImageCaptionBatches(store, splits=cfg.all_train_splits(), vocab=vocab, batch_size=cfg.batch_size,
                                       seed=cfg.seed, image_root=image_root, rc=cfg.rc)
         _check_images(batches, store, image_root, cfg.val_split)
@@ -171,17 +158,13 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         logger.info("fine-tuning on %d captions (%d steps/epoch), rc %s, lr %g, cnn lr %g, device %s",
                     batches.num_captions, batches.steps_per_epoch, cfg.rc, cfg.lr, cfg.cnn_lr, device)
         torch.manual_seed(cfg.seed)  # dropout (vgg19); crops and order are seeded from (seed, epoch, step)
-        trainer = Trainer(model, config=cfg, batches=batches, validate=_validator(cfg, store, vocab, device),
+        trainer = Trainer(model, loss, config=cfg, batches=batches, validate=_validator(cfg, store, vocab, device),
                           out_dir=out_dir, vocab=vocab, model_spec=model_spec, kind="finetune",
-                          param_groups=param_groups(model, cnn, cfg),
-                          semantic_vectors=_semantic_vectors(cfg, store) if cfg.loss == "lseh" else None,
-                          device=device)
+                          param_groups=param_groups(model, loss, cnn, cfg), device=device)
         if resume_from is not None:
             trainer.resume(cfg.resume, checkpoint=resume_from)
         summary = trainer.fit()
-    summary.update({"out_dir": str(out_dir), "config": str(out_dir / CONFIG_FILE),
-                    "vocab": str(out_dir / VOCAB_FILE), "metrics": str(out_dir / METRICS)})
-    return summary
+    return run_summary(summary, out_dir)
 
 
 def _validator(cfg: FinetuneConfig, store: FeatureStore, vocab: Vocabulary, device: torch.device):
@@ -190,31 +173,6 @@ def _validator(cfg: FinetuneConfig, store: FeatureStore, vocab: Vocabulary, devi
         image_emb, caption_emb, caption_image_index, _ = encode_split_from_images(
             model, store, splits=[cfg.val_split], vocab=vocab, image_root=cfg.image_root, batch_size=cfg.batch_size,
             workers=cfg.workers, device=device)
-        return recall_metrics(similarity_matrix(image_emb, caption_emb, loss=cfg.loss), caption_image_index)
+        return recall_metrics(similarity_matrix(image_emb, caption_emb, similarity=cfg.similarity),
+                              caption_image_index)
     return validate
-
-
-def _semantic_vectors(cfg: FinetuneConfig, store: FeatureStore) -> np.ndarray:
-    from train.semantic import load_or_fit_semantic_vectors  # scikit-learn only when LSEH is used
-
-    vectors = load_or_fit_semantic_vectors(cfg.store, store, train_splits=cfg.all_train_splits(), seed=cfg.seed)
-    return np.ascontiguousarray(vectors, dtype=np.float32)
-
-
-def model_from_finetune_checkpoint(checkpoint: dict, *, device: torch.device | str) -> tuple[
-        VSEModel, Vocabulary, FinetuneConfig]:
-    """Rebuild the fine-tuned model (CNN + head + caption encoder) of a loaded "finetune" checkpoint dict.
-
-    The CNN architecture comes from model_spec["backbone"]; all weights come from the checkpoint (strict),
-    so neither the store nor the original weight file is needed. Returned in eval mode on `device`.
-    """
-    if checkpoint.get("kind") != "finetune":
-        raise ValueError(f"a {checkpoint.get('kind')!r} checkpoint was given; model_from_finetune_checkpoint reads "
-                         "'finetune' ones (train checkpoints: train.encode.model_from_checkpoint)")
-    config = FinetuneConfig.from_dict(checkpoint["config"])
-    vocab = Vocabulary.from_dict(checkpoint["vocab"])
-    spec = checkpoint["model_spec"]
-    model = build_model(config, vocab_size=spec["vocab_size"], feature_dim=spec["feature_dim"])
-    attach_cnn(model, config, backbone=build_backbone(spec["backbone"], None))  # the weights are the checkpoint's
-    load_model_state(model, checkpoint["model"])
-    return model.to(device).eval(), vocab, config

@@ -16,15 +16,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common.choices import RC_MODES
 from extract.loader import ImageDataset, make_loader, to_rgb
 from extract.transforms import CROP, RESIZE, Box, pil_to_uint8_tensor, resize_image
-from train.config import RC_MODES
 from train.data import Batch, CaptionBatches, iterate_epoch, pad_token_ids
 from train.encode import encode_token_lists, split_rows
 from train.model import VSEModel
 from train.text import Vocabulary, caption_tokens
 
-RC_STREAM = 3  # apart from train.data's streams and the trainer's group-k stream
+RC_STREAM = 3  # apart from train.data's streams and the group loss's random-k stream
 RESIZED_SCALE = (0.08, 1.0)  # RandomResizedCrop defaults (area fraction, aspect ratio range)
 RESIZED_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 RESIZED_ATTEMPTS = 10

@@ -1,4 +1,4 @@
-"""`ablate` stage: a grid of losses x image features x text pooling, one seed and budget, one results table."""
+"""`ablate` stage: train and test every cell of the grid, resumably, and write one results table."""
 
 from __future__ import annotations
 
@@ -9,157 +9,24 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from eval.config import EvalConfig
-from eval.run import run_eval
+from ablation.config import AblationConfig, Cell, plan_grid
+from common.files import atomic_write_json, atomic_write_text
 from features.reader import FeatureStore
-from train.config import (
-    DEVICES, LEARNING_RATE, MARGIN, SPLIT_CHOICES, TEXT_POOLS, TrainConfig,
-)
-from train.run import CONFIG_FILE, check_store, run_train, validate_options
+from retrieval.evaluate import EvalConfig, run_eval
+from train.run import check_store, run_train
+from train.run_dir import CONFIG_FILE, LAST
 
 logger = logging.getLogger(__name__)
 
-# Grid axes. "mh-warmup" is MH after --warmup-epochs epochs of SH (the guard against MH's slow start).
-ABLATION_LOSSES = ("sh", "mh", "mh-warmup", "group", "lseh", "infonce")
-# Image feature setting -> (TrainConfig.feature_mode, TrainConfig.image_pool).
-IMAGE_FEATURES = {"1c": ("1c", "mean"), "10c": ("10c", "mean"), "10c-adaptive": ("10c-set", "adaptive")}
-# Demo-sized budget (the paper: 30 epochs, 1024-d GRU, 300-d words); documented on each field.
-ABLATION_EPOCHS = 10
-ABLATION_EMBED_DIM = 256
-ABLATION_WORD_DIM = 128
-ABLATION_BATCH_SIZE = 128
-WARMUP_EPOCHS = 2
 PROTOCOL = "all-images"  # any test split size; the COCO/F30K protocols need their exact image counts
 RESULT_FILE = "ablation-result.json"  # per run folder; its presence marks the run complete
 SECONDS_FILE = "ablation-seconds.json"  # per run folder; wall-clock summed over sessions (resumes)
 METRIC_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "i2t_medr", "t2i_medr")
-
-
-@dataclass
-class AblationConfig:
-    """Options of the ablation grid; every run gets the same seed, epochs, batch size and model size."""
-
-    store: str = field(default="", metadata={"help": "feature store (.h5) written by `extract`; 10c cells need "
-                                                     "one extracted with --crops 10"})
-    out_dir: str = field(default="runs/ablation", metadata={
-        "help": "grid folder: one run folder per cell, ablation.md and ablation.json"})
-    losses: tuple[str, ...] = field(default=ABLATION_LOSSES, metadata={
-        "help": "losses: sh (VSE0), mh (VSE++), mh-warmup (SH for --warmup-epochs, then MH), group "
-                "(Zhang et al., adaptive k), lseh (Gong & Cosma), infonce", "choices": ABLATION_LOSSES})
-    image_features: tuple[str, ...] = field(default=tuple(IMAGE_FEATURES), metadata={
-        "help": "image features: 1c center crop; 10c mean of the ten crops; 10c-adaptive the ten crops "
-                "pooled by adaptive pooling (10c* need a --crops 10 store)", "choices": tuple(IMAGE_FEATURES)})
-    text_pools: tuple[str, ...] = field(default=("last",), metadata={
-        "help": "caption pooling over GRU states: last (paper), mean, adaptive, gpo", "choices": TEXT_POOLS})
-    warmup_epochs: int = field(default=WARMUP_EPOCHS, metadata={
-        "help": "SH epochs before MH in the mh-warmup cells (must be < --epochs)"})
-    epochs: int = field(default=ABLATION_EPOCHS, metadata={
-        "help": "training epochs per run (paper: 30; 10 sized for the demo data)"})
-    lr: float = field(default=LEARNING_RATE, metadata={"help": "Adam learning rate (paper: 2e-4)"})
-    lr_decay_epochs: int = field(default=0, metadata={
-        "help": "multiply the lr by 0.1 every this many epochs; 0 = half of --epochs, rounded up "
-                "(paper: 15 of 30)"})
-    batch_size: int = field(default=ABLATION_BATCH_SIZE, metadata={"help": "captions per step (paper: 128)"})
-    embed_dim: int = field(default=ABLATION_EMBED_DIM, metadata={
-        "help": "joint embedding and GRU size (paper: 1024; 256 sized for CPU demo runs)"})
-    word_dim: int = field(default=ABLATION_WORD_DIM, metadata={
-        "help": "word embedding size (paper: 300; 128 sized for CPU demo runs)"})
-    margin: float = field(default=MARGIN, metadata={"help": "hinge margin alpha of sh / mh (paper: 0.2)"})
-    seed: int = field(default=0, metadata={"help": "seed of every run (init, caption order, crops)"})
-    split: str = field(default="test", metadata={"help": "split each best.pt is evaluated on (all-images "
-                                                         "protocol)", "choices": SPLIT_CHOICES})
-    val_split: str = field(default="val", metadata={"help": "split that selects each run's best.pt",
-                                                    "choices": SPLIT_CHOICES})
-    use_restval: bool = field(default=False, metadata={"help": "add the restval split to training (paper: +rV)"})
-    max_steps: int = field(default=0, metadata={"help": "stop each run after this many steps, 0 = no limit "
-                                                        "(smoke tests)"})
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda",
-                                                  "choices": DEVICES})
-
-    def __post_init__(self) -> None:
-        self.losses, self.image_features, self.text_pools = (
-            tuple(self.losses), tuple(self.image_features), tuple(self.text_pools))  # JSON gives lists
-
-    def validate(self) -> None:
-        """Check the grid axes and the budget without touching the disk (ValueError naming the option)."""
-        axes = {"losses": (self.losses, ABLATION_LOSSES), "image_features": (self.image_features, IMAGE_FEATURES),
-                "text_pools": (self.text_pools, TEXT_POOLS)}
-        for name, (values, valid) in axes.items():
-            flag = "--" + name.replace("_", "-")
-            if not values:
-                raise ValueError(f"{flag} is empty; give at least one of {', '.join(valid)}")
-            bad = [value for value in values if value not in valid]
-            if bad:
-                raise ValueError(f"{flag}: {bad} not among {', '.join(valid)}")
-            if len(set(values)) != len(values):
-                raise ValueError(f"{flag} {','.join(values)} repeats a value; list each once")
-        for name in ("epochs", "batch_size", "embed_dim", "word_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_epochs", "lr_decay_epochs", "max_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if "mh-warmup" in self.losses and not 0 < self.warmup_epochs < self.epochs:
-            raise ValueError(f"mh-warmup needs 0 < --warmup-epochs ({self.warmup_epochs}) < --epochs "
-                             f"({self.epochs}); otherwise it is plain mh or plain sh")
-        if self.split == self.val_split or self.split == "train" or (self.use_restval and self.split == "restval"):
-            raise ValueError(f"--split {self.split!r} is used for training or model selection; evaluate on a "
-                             "held-out split (Karpathy: test)")
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (tuples become lists)."""
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items()}
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One run of the grid: its axis values, folder name and training config."""
-
-    loss: str
-    image_features: str
-    text_pool: str
-    train_config: TrainConfig
-
-    @property
-    def name(self) -> str:
-        return cell_name(self.loss, self.image_features, self.text_pool)
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.train_config.out_dir)
-
-
-def cell_name(loss: str, image_features: str, text_pool: str) -> str:
-    """Run folder name of a cell, e.g. "mh-warmup_10c-adaptive_last"."""
-    return f"{loss}_{image_features}_{text_pool}"
-
-
-def plan_grid(cfg: AblationConfig) -> list[Cell]:
-    """The cells in grid order (loss, then image features, then text pooling, each in the order given)."""
-    decay = cfg.lr_decay_epochs or -(-cfg.epochs // 2)
-    cells = []
-    for loss in cfg.losses:
-        for image_features in cfg.image_features:
-            for text_pool in cfg.text_pools:
-                feature_mode, image_pool = IMAGE_FEATURES[image_features]
-                name = cell_name(loss, image_features, text_pool)
-                train_config = TrainConfig(
-                    store=cfg.store, out_dir=str(Path(cfg.out_dir) / name), val_split=cfg.val_split,
-                    use_restval=cfg.use_restval, feature_mode=feature_mode, image_pool=image_pool,
-                    text_pool=text_pool, embed_dim=cfg.embed_dim, word_dim=cfg.word_dim,
-                    loss="mh" if loss == "mh-warmup" else loss, margin=cfg.margin,
-                    warmup_epochs=cfg.warmup_epochs if loss == "mh-warmup" else 0, epochs=cfg.epochs, lr=cfg.lr,
-                    lr_decay_epochs=decay, batch_size=cfg.batch_size, max_steps=cfg.max_steps, seed=cfg.seed,
-                    device=cfg.device)
-                cells.append(Cell(loss, image_features, text_pool, train_config))
-    return cells
 
 
 def _comparable(config: dict) -> dict:
@@ -171,17 +38,11 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def check_cells(cfg: AblationConfig, cells: list[Cell]) -> dict:
     """Fail before any run on a cell the store or earlier results cannot serve; return the store's attrs."""
     if "lseh" in cfg.losses:
         try:
-            importlib.import_module("train.semantic")  # scikit-learn and snowballstemmer
+            importlib.import_module("train.losses.semantic")  # scikit-learn and snowballstemmer
         except ImportError as err:
             raise ValueError(f"cells lseh_*: LSEH needs {err.name}; install it or drop lseh from --losses") from err
     with FeatureStore(cfg.store) as store:  # FileNotFoundError names the path
@@ -191,7 +52,7 @@ def check_cells(cfg: AblationConfig, cells: list[Cell]) -> dict:
                                  f"but {cfg.store} was extracted with crops={store.crops}; use --image-features 1c "
                                  "or re-extract with --crops 10")
             try:
-                validate_options(cell.train_config)
+                cell.train_config.validate()
                 check_store(cell.train_config, store)
             except ValueError as err:
                 raise ValueError(f"cell {cell.name}: {err}") from err
@@ -228,7 +89,7 @@ def _check_previous_session(cell: Cell, *, split: str) -> None:
 def run_cell(cell: Cell, *, split: str) -> dict:
     """Train one cell (resuming from its last.pt if an earlier session stopped), test its best.pt; a result row."""
     train_config = cell.train_config
-    last = cell.out_dir / "last.pt"
+    last = cell.out_dir / LAST
     if last.is_file():
         logger.info("cell %s: resuming the interrupted run from %s", cell.name, last)
         train_config = dataclasses.replace(train_config, resume=str(last))
@@ -246,13 +107,13 @@ def run_cell(cell: Cell, *, split: str) -> dict:
     finally:  # an interrupted session's time still counts towards the run
         cell.out_dir.mkdir(parents=True, exist_ok=True)
         spent = {"seconds": spent["seconds"] + time.perf_counter() - start, "sessions": spent["sessions"] + 1}
-        _write_json_atomic(seconds_path, spent)
+        atomic_write_json(seconds_path, spent)
     scores = results["protocols"][PROTOCOL]
     row = {"name": cell.name, "loss": cell.loss, "image_features": cell.image_features, "text_pool": cell.text_pool,
            "split": split, **{key: scores[key] for key in METRIC_KEYS}, "num_test_images": scores["num_images"],
            "best_val_rsum": summary["best_rsum"], "steps": summary["step"], "seconds": spent["seconds"],
            "sessions": spent["sessions"], "out_dir": str(cell.out_dir), "config": cell.train_config.to_dict()}
-    _write_json_atomic(cell.out_dir / RESULT_FILE, row)
+    atomic_write_json(cell.out_dir / RESULT_FILE, row)
     return row
 
 
@@ -293,10 +154,8 @@ def write_report(cfg: AblationConfig, header: dict, rows: list[dict]) -> str:
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = format_markdown(header, rows)
-    tmp = out_dir / "ablation.md.tmp"
-    tmp.write_text(markdown, encoding="utf-8")
-    os.replace(tmp, out_dir / "ablation.md")
-    _write_json_atomic(out_dir / "ablation.json", {"header": header, "ablation_config": cfg.to_dict(),
+    atomic_write_text(out_dir / "ablation.md", markdown)
+    atomic_write_json(out_dir / "ablation.json", {"header": header, "ablation_config": cfg.to_dict(),
                                                    "runs": rows})
     return markdown
 

@@ -1,4 +1,4 @@
-"""Losses of train/losses.py against slow double-loop references, and their invariants."""
+"""The pure loss functions of train/losses/ against slow double-loop references, and their invariants."""
 
 import math
 
@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train import losses
-from train.losses import (contrastive_loss, cosine_sim, info_nce_loss, lseh_loss, lseh_margins, order_sim,
-                          positive_mask)
+from train.losses import similarity
+from train.losses.hinge import contrastive_loss, lseh_loss
+from train.losses.infonce import info_nce_loss
+from train.losses.lseh import lseh_margins
+from train.losses.similarity import cosine_sim, order_sim, positive_mask
 
 UNIQUE_IDS = [0, 1, 2, 3, 4, 5, 6]
 DUPLICATE_IDS = [3, 7, 3, 1, 7, 7, 2]  # image 3 twice, image 7 three times
@@ -69,9 +71,9 @@ def test_cosine_sim_is_the_inner_product_per_pair():
                                                                                caption_emb[c].tolist())))
 
 
-@pytest.mark.parametrize("chunk_elements", [losses.ORDER_SIM_CHUNK_ELEMENTS, 7])
+@pytest.mark.parametrize("chunk_elements", [similarity.ORDER_SIM_CHUNK_ELEMENTS, 7])
 def test_order_sim_equals_the_unsquared_norm_of_the_order_violation(monkeypatch, chunk_elements):
-    monkeypatch.setattr(losses, "ORDER_SIM_CHUNK_ELEMENTS", chunk_elements)  # 7: one image row per chunk
+    monkeypatch.setattr(similarity, "ORDER_SIM_CHUNK_ELEMENTS", chunk_elements)  # 7: one image row per chunk
     image_emb, caption_emb = random_embeddings(5, normalize=False)
     sims = order_sim(image_emb, caption_emb[:4])
     assert sims.shape == (5, 4)

@@ -1,57 +1,30 @@
 """The fine-tuned CNN: a torchvision backbone cut into stages, with freezing, frozen BatchNorm and checkpointing.
 
 `CNNBackbone` wraps extract's FeatureBackbone (same modules, same weights, same state-dict keys under
-`net.`) and is put in front of the train-stage ImageHead with `ImageEncoder.set_backbone`. It takes the
-uint8 crops the loaders produce and normalises them itself, so batches stay uint8 until the device.
-`backbone_from_store` rebuilds exactly the CNN a feature store was extracted with, from its attributes.
+`net.`; the stage split is the backbone table's, extract/backbones.py) and is put in front of the
+train-stage ImageHead with `ImageEncoder.set_backbone`. It takes the uint8 crops the loaders produce and
+normalises them itself, so batches stay uint8 until the device. `backbone_from_store` rebuilds exactly
+the CNN a feature store was extracted with, from its attributes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from extract.backbones import FeatureBackbone, build_backbone
-from extract.config import BACKBONES, config_json_path
+from extract.backbones import BACKBONES, FeatureBackbone, build_backbone
+from extract.config import config_json_path
 from extract.transforms import normalize
 from extract.weights import NO_WEIGHTS, hub_checkpoint_dir, sha256_of_file
 
 logger = logging.getLogger(__name__)
 
-# extract.run.store_attrs writes random-init weights as "none (random init, seed N)".
-RANDOM_INIT_NAME = re.compile(r"none \(random init, seed (-?\d+)\)")
 BATCH_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
-def cnn_stages(name: str, net: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The backbone as consecutive stages whose composition equals `net(images)` (FeatureBackbone's output).
-
-    resnet*: stem (conv1, bn1, relu, maxpool), layer1, layer2, layer3, layer4 (+ global pool, flatten).
-    vgg19: block1..block5 (conv blocks, each ending with its max pool), fc6 (pool, flatten, Linear, ReLU),
-    fc7 (Dropout, Linear, ReLU). The stages hold the modules of `net` themselves, not copies.
-    """
-    if name.startswith("resnet"):
-        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        last = nn.Sequential(net.layer4, net.avgpool, nn.Flatten(1))
-        return [("stem", stem), ("layer1", net.layer1), ("layer2", net.layer2), ("layer3", net.layer3),
-                ("layer4", last)]
-    if name == "vgg19":
-        stages, block = [], []
-        for module in net.features:
-            block.append(module)
-            if isinstance(module, nn.MaxPool2d):
-                stages.append((f"block{len(stages) + 1}", nn.Sequential(*block)))
-                block = []
-        fc6 = nn.Sequential(net.avgpool, nn.Flatten(1), net.classifier[0], net.classifier[1])
-        fc7 = nn.Sequential(*net.classifier[2:5])  # dropout, fc7, ReLU (the extracted layer)
-        return stages + [("fc6", fc6), ("fc7", fc7)]
-    raise ValueError(f"no stage split for backbone {name!r}; supported: {', '.join(BACKBONES)}")
 
 
 class CNNBackbone(nn.Module):
@@ -71,7 +44,7 @@ class CNNBackbone(nn.Module):
         self.net = backbone.net
         self.name, self.feature_dim, self.layer_name = backbone.name, backbone.feature_dim, backbone.layer_name
         self.train_bn, self.grad_checkpointing, self.channels_last = train_bn, grad_checkpointing, channels_last
-        self._stages = cnn_stages(self.name, self.net)  # a plain list: the modules are registered under net
+        self._stages = backbone.stages()  # a plain list: the modules are registered under net
         self.num_trainable_stages = 0
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -135,16 +108,6 @@ class CNNBackbone(nn.Module):
         return images
 
 
-def parse_unfreeze(value: str | int) -> int | None:
-    """--unfreeze value -> number of last stages to train, None for "all"."""
-    text = str(value).strip().lower()
-    if text == "all":
-        return None
-    if text.isdigit():
-        return int(text)
-    raise ValueError(f"--unfreeze {value!r} must be 'all' or a number of last CNN stages >= 0 (e.g. 1)")
-
-
 def _weight_candidates(attrs: dict, *, weights: str, store_path: Path) -> list[Path]:
     """Where the store's weight file may be: --weights, else the hub cache and the extract config's path."""
     if weights:
@@ -188,14 +151,14 @@ def backbone_from_store(attrs: dict, *, store_path: str | Path, feature_dim: int
     if name not in BACKBONES:
         raise ValueError(f"{store_path} was extracted with backbone {name!r}, not one of {', '.join(BACKBONES)}; "
                          "fine-tuning needs a store written by `extract` with a torchvision backbone")
-    random_init = RANDOM_INIT_NAME.fullmatch(weights_name)
-    if random_init:
+    if weights_name == NO_WEIGHTS:
+        seed = attrs.get("weights_seed")
+        if not isinstance(seed, int):
+            raise ValueError(f"{store_path} was extracted from a random init whose seed is not recorded; the same "
+                             "CNN cannot be rebuilt: re-extract the store (with --weights none --seed N) and retrain")
         if weights:
-            raise ValueError(f"{store_path} was extracted from a random init ({weights_name}); drop --weights")
-        backbone = build_backbone(name, None, seed=int(random_init.group(1)))
-    elif weights_name == NO_WEIGHTS:
-        raise ValueError(f"{store_path} was extracted from a random init whose seed is not recorded; the same CNN "
-                         "cannot be rebuilt: re-extract the store (with --weights none --seed N) and retrain")
+            raise ValueError(f"{store_path} was extracted from a random init (seed {seed}); drop --weights")
+        backbone = build_backbone(name, None, seed=seed)
     else:
         backbone = build_backbone(name, store_weights_file(attrs, weights=weights, store_path=store_path))
     if backbone.feature_dim != feature_dim or backbone.layer_name != attrs.get("layer"):

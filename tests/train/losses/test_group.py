@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.group_loss import adaptive_k, group_hard_negative_loss, select_k
-from train.losses import contrastive_loss, cosine_sim, positive_mask
+from train.losses.group import adaptive_k, group_hard_negative_loss, select_k
+from train.losses.hinge import contrastive_loss
+from train.losses.similarity import cosine_sim, positive_mask
 
 UNIQUE_IDS = [0, 1, 2, 3, 4, 5, 6, 7]
 DUPLICATE_IDS = [3, 7, 3, 1, 7, 7, 2, 5]  # image 3 twice, image 7 three times

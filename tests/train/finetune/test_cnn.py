@@ -11,15 +11,17 @@ import torch
 import torchvision
 from PIL import Image
 
-from extract.backbones import build_backbone
+from extract.backbones import BACKBONES, build_backbone
 from extract.transforms import normalize
-from train.config import CHECKPOINT_FIELDS, FinetuneConfig, TrainConfig
-from train.finetune import param_groups, resolve_config, validate_finetune_options
-from train.finetune_data import crop_generator, paper_crop_box, random_crop, resized_crop_box
-from train.finetune_model import BATCH_NORM_TYPES, CNNBackbone, backbone_from_store, cnn_stages, parse_unfreeze
+from train.config import TrainConfig
+from train.finetune.cnn import BATCH_NORM_TYPES, CNNBackbone, backbone_from_store
+from train.finetune.config import CHECKPOINT_FIELDS, FinetuneConfig, parse_unfreeze
+from train.finetune.data import crop_generator, paper_crop_box, random_crop, resized_crop_box
+from train.finetune.run import param_groups, resolve_config
+from train.losses import build_loss
 from train.model import ImageHead, build_model
 
-from tests.train.finetune_fixtures import single_thread  # noqa: F401  (autouse)
+from tests.train.finetune.fixtures import single_thread  # noqa: F401  (autouse)
 
 SMALL = 64  # the CNNs accept any input >= 32 px; small inputs keep these tests fast
 
@@ -56,8 +58,8 @@ def test_stages_compose_to_the_extraction_forward(resnet18_backbone):
 def test_vgg19_stages_cover_every_parameter_once():
     with torch.device("meta"):  # structure only: no 140M-parameter init
         net = torchvision.models.vgg19()
-    net.classifier = net.classifier[:5]  # as extract.backbones cuts it
-    stages = cnn_stages("vgg19", net)
+    BACKBONES["vgg19"].cut(net)
+    stages = BACKBONES["vgg19"].stages(net)
     assert [name for name, _ in stages] == ["block1", "block2", "block3", "block4", "block5", "fc6", "fc7"]
     staged = [id(p) for _, stage in stages for p in stage.parameters()]
     assert sorted(staged) == sorted(id(p) for p in net.parameters()) and len(set(staged)) == len(staged)
@@ -80,20 +82,21 @@ def test_gradients_reach_only_the_unfrozen_stage(resnet18_backbone):
 
 
 def test_optimizer_groups_hold_trainable_parameters_only(resnet18_backbone):
-    config = FinetuneConfig(embed_dim=8, word_dim=4, lr=1e-3, cnn_lr=1e-5)
-    model = build_model(config, vocab_size=10, feature_dim=512)
+    config = FinetuneConfig(embed_dim=8, word_dim=4, lr=1e-3, cnn_lr=1e-5, loss="infonce")
+    model, loss = build_model(config, vocab_size=10, feature_dim=512), build_loss(config)
     cnn = CNNBackbone(resnet18_backbone())
     model.image_encoder.set_backbone(cnn)
     cnn.unfreeze_backbone(2)
-    groups = param_groups(model, cnn, config)
+    groups = param_groups(model, loss, cnn, config)
     assert [group["lr"] for group in groups] == [1e-3, 1e-5]
     expected_cnn = [p for name, p in cnn.net.named_parameters() if name.split(".")[0] in ("layer3", "layer4")
                     and p.requires_grad]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in expected_cnn}
     assert all(p.requires_grad for group in groups for p in group["params"])
-    assert len(groups[0]["params"]) == len([p for p in model.parameters() if p.requires_grad]) - len(expected_cnn)
+    assert len(groups[0]["params"]) == len([p for p in model.parameters() if p.requires_grad]) - len(expected_cnn) + 1
+    assert any(p is loss.logit_scale for p in groups[0]["params"])  # the loss's temperature, at the head's lr
     cnn.freeze_backbone()
-    assert [group["lr"] for group in param_groups(model, cnn, config)] == [1e-3]
+    assert [group["lr"] for group in param_groups(model, loss, cnn, config)] == [1e-3]
 
 
 @pytest.mark.parametrize("train_bn", [False, True])
@@ -150,8 +153,9 @@ def test_paper_crop_boxes_stay_inside_and_differ_between_epochs():
     assert all(0 <= top <= 32 and 0 <= left <= 32 and (h, w) == (224, 224) for top, left, h, w in boxes)
     assert len(set(boxes)) > 25  # 33 x 33 possible boxes
     assert paper_crop_box(crop_generator(0, 7, 3, 1)) == boxes[7]  # reproducible from (seed, epoch, step, position)
-    assert paper_crop_box(crop_generator(0, 7, 3, 2)) != boxes[7] or paper_crop_box(crop_generator(1, 7, 3, 1)) \
-        != boxes[7]
+    by_position = {paper_crop_box(crop_generator(0, 7, 3, position)) for position in range(20)}
+    by_seed = {paper_crop_box(crop_generator(seed, 7, 3, 1)) for seed in range(20)}
+    assert len(by_position) >= 15 and len(by_seed) >= 15  # each caption of a batch, each seed: its own stream
 
 
 @pytest.mark.parametrize("height,width", [(256, 256), (30, 400), (500, 20), (224, 300), (1, 1)])
@@ -177,7 +181,7 @@ def test_random_crops_are_reproducible_flipped_and_vary(rc: str):
 
 
 def test_backbone_from_store_refuses_unknown_cnns_and_wrong_weights(tmp_path: Path):
-    attrs = {"backbone": "resnet18", "layer": "avgpool", "weights_name": "none (random init, seed 3)",
+    attrs = {"backbone": "resnet18", "layer": "avgpool", "weights_name": "none", "weights_seed": 3,
              "weights_sha256": ""}
     rebuilt = backbone_from_store(attrs, store_path=tmp_path / "s.h5", feature_dim=512)
     expected = build_backbone("resnet18", None, seed=3)
@@ -185,12 +189,12 @@ def test_backbone_from_store_refuses_unknown_cnns_and_wrong_weights(tmp_path: Pa
     with pytest.raises(ValueError, match="synthetic"):
         backbone_from_store(dict(attrs, backbone="synthetic"), store_path=tmp_path / "s.h5", feature_dim=512)
     with pytest.raises(ValueError, match="seed is not recorded"):
-        backbone_from_store(dict(attrs, weights_name="none"), store_path=tmp_path / "s.h5", feature_dim=512)
+        backbone_from_store(dict(attrs, weights_seed=""), store_path=tmp_path / "s.h5", feature_dim=512)
     with pytest.raises(ValueError, match="512-d"):
         backbone_from_store(attrs, store_path=tmp_path / "s.h5", feature_dim=2048)
     wrong = tmp_path / "other.pth"
     wrong.write_bytes(b"not the weights the store was made with")
-    file_attrs = dict(attrs, weights_name="resnet18-f37072fd.pth", weights_sha256="ab" * 32)
+    file_attrs = dict(attrs, weights_name="resnet18-f37072fd.pth", weights_sha256="ab" * 32, weights_seed="")
     with pytest.raises(ValueError, match="sha256"):
         backbone_from_store(file_attrs, store_path=tmp_path / "s.h5", feature_dim=512, weights=str(wrong))
     with pytest.raises(FileNotFoundError, match="--weights"):
@@ -214,11 +218,13 @@ def test_finetune_config_fields_document_themselves():
         assert config_field.metadata.get("help"), config_field.name
     assert dataclasses.fields(FinetuneConfig)[0].name == "store"  # inherited order kept for the CLI
     with pytest.raises(ValueError, match="--checkpoint is required"):
-        validate_finetune_options(FinetuneConfig())
-    with pytest.raises(ValueError, match="--rc"):
-        validate_finetune_options(FinetuneConfig(checkpoint="c.pt", rc="center"))
+        FinetuneConfig().validate()
+    with pytest.raises(ValueError, match="--rc center is not one of paper, resized"):
+        FinetuneConfig(checkpoint="c.pt", rc="center").validate()
     with pytest.raises(ValueError, match="--cnn-lr"):
-        validate_finetune_options(FinetuneConfig(checkpoint="c.pt", cnn_lr=0.0))
+        FinetuneConfig(checkpoint="c.pt", cnn_lr=0.0).validate()
+    with pytest.raises(ValueError, match="--unfreeze"):
+        FinetuneConfig(checkpoint="c.pt", unfreeze="some").validate()
 
 
 def test_adaptive_head_on_one_crop_equals_the_set_of_one():

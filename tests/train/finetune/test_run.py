@@ -10,21 +10,19 @@ import h5py
 import pytest
 import torch
 
-from eval.config import EvalConfig
 from eval.metrics import recall_metrics
-from eval.run import run_eval
 from extract.backbones import build_backbone
 from features.reader import FeatureStore
+from retrieval.evaluate import EvalConfig, run_eval
+from retrieval.model import model_from_checkpoint
 from train.checkpoint import load_checkpoint
-from train.config import FinetuneConfig
-from train.encode import encode_split, model_from_checkpoint, similarity_matrix
-from train.finetune import (
-    encode_split_from_images, init_model, model_from_finetune_checkpoint, resolve_config, run_finetune,
-)
-from train.finetune_data import ImageCaptionBatches
-from train.finetune_model import backbone_from_store
+from train.encode import encode_split, similarity_matrix
+from train.finetune.cnn import backbone_from_store
+from train.finetune.config import FinetuneConfig
+from train.finetune.data import ImageCaptionBatches, encode_split_from_images
+from train.finetune.run import init_model, resolve_config, run_finetune
 
-from tests.train.finetune_fixtures import (  # noqa: F401  (single_thread is an autouse fixture)
+from tests.train.finetune.fixtures import (  # noqa: F401  (single_thread is an autouse fixture)
     FinetuneSetup, build_setup, extract_store, finetune_config, single_thread, write_dataset,
 )
 
@@ -55,7 +53,8 @@ def whole_run(setup: FinetuneSetup, tmp_path_factory: pytest.TempPathFactory) ->
 def test_finetune_starts_from_exactly_the_checkpoint_weights(setup: FinetuneSetup, tmp_path: Path):
     init = load_checkpoint(setup.checkpoint)
     cfg = resolve_config(finetune_config(setup, tmp_path), init["config"])
-    train_model, vocab, _ = model_from_checkpoint(init, device="cpu")
+    loaded = model_from_checkpoint(init)
+    train_model, vocab = loaded.model, loaded.vocab
     with FeatureStore(setup.store) as store:
         model, cnn, _, spec = init_model(cfg, init, store=store)
         state = model.state_dict()
@@ -101,7 +100,7 @@ def test_finetune_trains_the_unfrozen_stage_only(setup: FinetuneSetup, whole_run
         assert torch.equal(found, value) != trainable, key  # changed exactly when trainable
     assert not torch.equal(tuned["image_encoder.head.fc.weight"], init["image_encoder.head.fc.weight"])
     assert not torch.equal(tuned["text_encoder.gru.weight_hh_l0"], init["text_encoder.gru.weight_hh_l0"])
-    saved = FinetuneConfig.from_json(Path(cfg.out_dir) / "config.json")
+    saved = FinetuneConfig.load_json(Path(cfg.out_dir) / "config.json")
     assert saved.embed_dim == 32 and saved.store == str(setup.store) and Path(saved.image_root) == setup.image_root
     assert load_checkpoint(summary["last"])["kind"] == "finetune"
 
@@ -126,13 +125,16 @@ def test_finetune_checkpoint_serves_eval(whole_run: tuple[FinetuneConfig, dict],
                                          tmp_path: Path):
     cfg, summary = whole_run
     checkpoint = load_checkpoint(summary["best"])
-    model, vocab, loaded_cfg = model_from_finetune_checkpoint(checkpoint, device="cpu")
-    assert isinstance(loaded_cfg, FinetuneConfig) and loaded_cfg.unfreeze == "1" and not model.training
+    loaded = model_from_checkpoint(checkpoint)
+    model, vocab, loaded_cfg = loaded.model, loaded.vocab, loaded.config
+    assert loaded.has_cnn and isinstance(loaded_cfg, FinetuneConfig) and loaded_cfg.unfreeze == "1"
+    assert not model.training
     with FeatureStore(setup.store) as store:
         image_emb, caption_emb, caption_image_index, _ = encode_split_from_images(
             model, store, splits=["val"], vocab=vocab, image_root=loaded_cfg.image_root, batch_size=3, workers=0,
             device="cpu")
-    rsum = recall_metrics(similarity_matrix(image_emb, caption_emb, loss=loaded_cfg.loss), caption_image_index)["rsum"]
+    sims = similarity_matrix(image_emb, caption_emb, similarity=loaded_cfg.similarity)
+    rsum = recall_metrics(sims, caption_image_index)["rsum"]
     assert rsum == pytest.approx(summary["best_rsum"])
     results = run_eval(EvalConfig(checkpoint=summary["best"], split="val", protocol="all-images", workers=0,
                                   device="cpu", out=str(tmp_path / "eval.json")))
@@ -144,7 +146,7 @@ def test_store_of_another_cnn_is_refused(setup: FinetuneSetup, tmp_path: Path):
     other = tmp_path / "other.h5"
     shutil.copy(setup.store, other)
     with h5py.File(other, "r+") as h5file:
-        h5file.attrs["weights_name"] = "none (random init, seed 1)"
+        h5file.attrs["weights_seed"] = 1
     with pytest.raises(ValueError, match="another CNN"):
         run_finetune(finetune_config(setup, tmp_path / "run", store=str(other)))
 
@@ -167,7 +169,7 @@ def test_missing_files_are_errors_before_training(setup: FinetuneSetup, whole_ru
 
 def test_batches_are_deterministic_and_crops_change_between_epochs(setup: FinetuneSetup):
     with FeatureStore(setup.store) as store:
-        vocab = model_from_checkpoint(load_checkpoint(setup.checkpoint), device="cpu")[1]
+        vocab = model_from_checkpoint(load_checkpoint(setup.checkpoint)).vocab
         batches = ImageCaptionBatches(store, splits=["train"], vocab=vocab, batch_size=4, seed=0,
                                       image_root=setup.image_root, rc="paper")
         first, again = batches.batch(0, 1), batches.batch(0, 1)

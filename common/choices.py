@@ -1,0 +1,21 @@
+"""Allowed values of the options that several stages share, named once."""
+
+DEVICES = ("auto", "cpu", "cuda")  # auto = cuda when torch sees a GPU, else cpu
+AMP_MODES = ("none", "bf16", "fp16")  # autocast dtype on cuda; none = float32 (the paper)
+SPLITS = ("train", "val", "test", "restval")  # Karpathy splits; restval is the paper's "rV"
+FEATURE_DTYPES = ("float32", "float16")  # storage dtype of a feature store
+CROP_COUNTS = (1, 10)  # 1 = center crop (paper 1C), 10 = TenCrop (paper 10C)
+
+# Image features the train stage reads from a store (see train/data.py).
+FEATURE_MODES = ("1c", "10c", "10c-random", "10c-set")
+IMAGE_POOLS = ("mean", "adaptive")
+TEXT_POOLS = ("last", "mean", "adaptive", "gpo")
+
+# The loss: how negatives combine, the similarity, where the hinge margin comes from (train/losses/).
+LOSSES = ("sh", "mh", "group", "infonce")
+SIMILARITIES = ("cosine", "order")
+MARGIN_SOURCES = ("constant", "lseh")
+REDUCTIONS = ("sum", "mean")
+GROUP_K_MODES = ("adaptive", "constant", "random")
+
+RC_MODES = ("paper", "resized")  # fine-tuning's random crops (train/finetune/data.py)

@@ -1,0 +1,52 @@
+"""Atomic file writes: a temporary file in the same folder, renamed over the target, so no reader sees half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], *, durable: bool = False) -> Path:
+    """Write `path` through `write(binary_file)`, atomically; return the path.
+
+    The bytes go to `<name>.<random>.tmp` beside `path`, which is renamed over `path` once complete; a crash
+    or an exception leaves the old file (or none) and removes the temporary one. `durable` also fsyncs the
+    file and the folder, so the new content survives a power cut (checkpoints). The file gets the usual
+    umask-respecting mode, not mkstemp's 0600.
+    """
+    path = Path(path)
+    handle, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.fchmod(handle, 0o666 & ~umask)
+        with os.fdopen(handle, "wb") as tmp_file:
+            write(tmp_file)
+            if durable:
+                tmp_file.flush()
+                os.fsync(tmp_file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    if durable:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text to `path` atomically."""
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: str | Path, data: object) -> Path:
+    """Write `data` as indented JSON (one trailing newline) to `path` atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
