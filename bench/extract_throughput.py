@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common.choices import DEVICES
+from common.device import resolve_device
 from extract.backbones import build_backbone
 from extract.config import ExtractConfig
 from extract.loader import load_crops
-from extract.device import resolve_device
 from extract.run import run_extract
 from extract.transforms import normalize
 
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch (x crops per CNN batch)")
     parser.add_argument("--crops", type=int, default=10, choices=(1, 10))
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of run_extract")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

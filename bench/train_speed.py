@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from train.config import TrainConfig  # noqa: E402
 from train.data import Batch, pad_token_ids  # noqa: E402
+from train.losses import build_loss  # noqa: E402
 from train.model import build_model  # noqa: E402
 from train.text import SPECIAL_TOKENS, Vocabulary  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
@@ -96,7 +97,7 @@ def main() -> None:
     batches = [synthetic_batch(rng, batch_size=args.batch_size, words=args.words, vocab_size=len(vocab),
                                feature_dim=args.feature_dim) for _ in range(4)]
     with tempfile.TemporaryDirectory() as out_dir:  # train_step writes nothing; the Trainer wants a folder
-        trainer = Trainer(model, config=cfg, batches=None, validate=lambda _: {}, out_dir=out_dir, vocab=vocab,
+        trainer = Trainer(model, build_loss(cfg), config=cfg, batches=None, validate=lambda _: {}, out_dir=out_dir, vocab=vocab,
                           model_spec={}, device="cpu")
         timings: dict[int, list[tuple[float, float]]] = {threads: [] for threads in thread_counts}
         for round_number in range(args.rounds):

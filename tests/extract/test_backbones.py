@@ -56,3 +56,24 @@ def test_embed_crops_channels_last_and_bf16_autocast_on_cpu() -> None:
     assert half.dtype == torch.float32
     relative = (half - plain).norm() / plain.norm()
     assert 0 < relative < 0.05
+
+
+@pytest.mark.parametrize("name", ["vgg19", "resnet152", "resnet50", "resnet18"])
+def test_the_backbone_table_agrees_with_torchvision(name: str) -> None:
+    from torchvision import models
+    from torchvision.models import get_model_weights
+
+    from extract.backbones import BACKBONES
+
+    spec = BACKBONES[name]
+    assert spec.weights_file == get_model_weights(name).DEFAULT.url.rsplit("/", 1)[-1]
+    with torch.device("meta"):  # structure only
+        net = getattr(models, name)(weights=None)
+    spec.cut(net)
+    stages = spec.stages(net)
+    images = torch.empty(2, 3, 224, 224, device="meta")
+    for _, stage in stages:  # the stages, in order, compute the stored layer
+        images = stage(images)
+    assert tuple(images.shape) == (2, spec.feature_dim) == tuple(net(torch.empty(2, 3, 224, 224, device="meta")).shape)
+    staged = [id(p) for _, stage in stages for p in stage.parameters()]
+    assert sorted(staged) == sorted(id(p) for p in net.parameters()) and len(set(staged)) == len(staged)
