@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import click
 
 from ablation.config import AblationConfig
 from ablation.run import run_ablation
+from common import distributed
 from common.config import StageConfig, check_known_keys, normalize_keys, option_name
 from demo.run import DemoConfig, DemoDataConfig, run_demo, run_generate
 from extract.config import ExtractConfig
@@ -53,6 +55,7 @@ class Stage:
     input_paths: tuple[str, ...] = ()  # fields naming files or folders that must exist before the run
     hidden: tuple[str, ...] = ()  # fields the command does not offer (taken from elsewhere)
     presets: dict[str, dict] = field(default_factory=dict)  # --preset name -> field values
+    distributed: bool = False  # under torchrun every rank runs it; otherwise rank 0 alone, the others wait
 
 
 STAGES: dict[str, Stage] = {
@@ -62,13 +65,14 @@ STAGES: dict[str, Stage] = {
         produces=lambda cfg: {"store": cfg.out}, input_paths=("dataset", "image_root")),
     "train": Stage(
         TrainConfig, run_train, "Stage 2: train the caption encoder and projection heads on stored features.",
-        consumes={"store": "store"}, produces=_run_outputs, input_paths=("store", "resume"), presets=PRESETS),
+        consumes={"store": "store"}, produces=_run_outputs, input_paths=("store", "resume"), presets=PRESETS,
+        distributed=True),
     "finetune": Stage(
         FinetuneConfig, run_finetune,
         "Stage 3: fine-tune the CNN end to end on random crops of the raw images. The model, loss and vocabulary "
         "options come from the train-stage checkpoint.",
         consumes={"checkpoint": "checkpoint", "store": "store"}, produces=_run_outputs,
-        input_paths=("checkpoint", "store", "image_root", "resume"), hidden=CHECKPOINT_FIELDS),
+        input_paths=("checkpoint", "store", "image_root", "resume"), hidden=CHECKPOINT_FIELDS, distributed=True),
     "eval": Stage(
         EvalConfig, run_eval, "Recall@K, median and mean rank in both directions (COCO 1K/5K, Flickr30K 1K).",
         consumes={"checkpoint": "checkpoint", "store": "store"}, input_paths=("checkpoint", "store", "image_root")),
@@ -212,36 +216,50 @@ def _paths_of(value: Any) -> list[str]:
                    "command-line options win over it.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), help="Logging verbosity.")
-def cli(config_file: str | None, log_level: str) -> None:
+@click.option("--dist-timeout", default=distributed.DEFAULT_TIMEOUT_MINUTES, show_default=True, type=float,
+              help="Under torchrun: minutes a rank waits for the others in a collective before the job fails.")
+def cli(config_file: str | None, log_level: str, dist_timeout: float) -> None:
     """VSE++ image-caption retrieval: extract -> train -> finetune -> eval.
 
     Stages can be chained; each one's output becomes the next one's input:
 
         python pipeline.py extract --dataset D.json --image-root IMG --out feats.h5 train --out-dir runs/a eval
+
+    Under torchrun (`torchrun --nproc-per-node N pipeline.py train ...`) train and finetune run on every
+    rank with hard negatives over the global batch; other stages run on rank 0.
     """
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    rank = int(os.environ.get("RANK", "0"))  # torchrun's; only rank 0 logs below warnings
+    logging.basicConfig(level=log_level if rank == 0 else "WARNING", force=True,
+                        format=f"%(asctime)s %(levelname)s {f'rank {rank} ' if rank else ''}%(name)s: %(message)s")
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> None:
+    rank = distributed.current().rank
+    click.echo(f"{f'rank {rank}: ' if rank else ''}{message}", err=True)
+    ctx.exit(code)
 
 
 @cli.result_callback()
 @click.pass_context
-def _run_chain(ctx: click.Context, steps: list[tuple[str, dict]], config_file: str | None, log_level: str) -> None:
+def _run_chain(ctx: click.Context, steps: list[tuple[str, dict]], config_file: str | None, log_level: str,
+               dist_timeout: float) -> None:
     try:
         plan = build_plan(steps, _read_config_file(config_file))
     except (ValueError, FileNotFoundError, TypeError, json.JSONDecodeError) as err:
-        click.echo(f"error: {err}", err=True)
-        ctx.exit(2)
+        _fail(ctx, f"error: {err}", 2)
+    context = distributed.init_from_environment(timeout_minutes=dist_timeout)
     for stage, cfg in plan:
         try:
-            stage.run(cfg)
+            if stage.distributed or context.is_main:
+                stage.run(cfg)
+            if not stage.distributed:
+                context.barrier()  # the next stage may read what rank 0 just wrote
         except (ValueError, FileNotFoundError) as err:
-            click.echo(f"error: {err}", err=True)
-            ctx.exit(2)
+            _fail(ctx, f"error: {err}", 2)
         except KeyboardInterrupt:
-            click.echo("interrupted: rerun the same command to resume", err=True)
-            ctx.exit(130)
+            _fail(ctx, "interrupted: rerun the same command to resume", 130)
         except ExtractFailures as err:  # --strict and some images could not be read
-            click.echo(f"error: {err}", err=True)
-            ctx.exit(1)
+            _fail(ctx, f"error: {err}", 1)
 
 
 for _name, _stage in STAGES.items():

@@ -64,6 +64,35 @@ def read_image_features(features: np.ndarray, image_rows: np.ndarray, *, feature
     raise ValueError(f"unknown feature mode {feature_mode!r}; valid: {', '.join(FEATURE_MODES)}")
 
 
+@dataclass(frozen=True)
+class RankShare:
+    """This process's share of every global batch under torch.distributed: a contiguous block of it.
+
+    Rank r of N takes block r of np.array_split(batch, N): the global batch (its captions, order, crops)
+    is the one a single process would use, no caption is padded, dropped or seen twice.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    def of(self, count: int) -> slice:
+        """Positions of this rank's block in a global batch of `count` captions."""
+        base, extra = divmod(count, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + int(self.rank < extra))
+
+    def check(self, *, batch_size: int, num_captions: int) -> None:
+        """Every rank must get the same share of a full batch and a non-empty share of the last one."""
+        if batch_size % self.world_size:
+            raise ValueError(f"--batch-size {batch_size} is the global batch and must divide by the {self.world_size} "
+                             f"ranks; use a multiple of {self.world_size}")
+        last = num_captions % batch_size
+        if 0 < last < self.world_size:
+            raise ValueError(f"the last batch of each epoch would hold {last} of {num_captions} captions, fewer than "
+                             f"the {self.world_size} ranks; pick a --batch-size that leaves 0 or at least "
+                             f"{self.world_size} captions for the last batch")
+
+
 def _keep_batch(batch: "Batch") -> "Batch":
     return batch  # batches are built whole by the batch source; a picklable no-op collate for workers
 
@@ -125,7 +154,7 @@ class CaptionBatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, store: object, *, splits: Sequence[str], vocab: Vocabulary, feature_mode: str,
-                 batch_size: int, seed: int) -> None:
+                 batch_size: int, seed: int, share: RankShare = RankShare()) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.store = store
@@ -140,6 +169,8 @@ class CaptionBatches(torch.utils.data.Dataset):
         self.caption_image_rows = store.caption_image_index[self.caption_rows]
         self.token_ids = [vocab.encode(tokens) for tokens in caption_tokens(store, self.caption_rows.tolist())]
         self.steps_per_epoch = -(-len(self.caption_rows) // batch_size)  # the last batch may be short
+        share.check(batch_size=batch_size, num_captions=len(self.caption_rows))
+        self.share = share
 
     @property
     def num_captions(self) -> int:
@@ -150,17 +181,24 @@ class CaptionBatches(torch.utils.data.Dataset):
         """Positions (into caption_rows) in the order of `epoch`: a permutation seeded by (seed, epoch)."""
         return np.random.default_rng([self.seed, epoch, ORDER_STREAM]).permutation(len(self.caption_rows))
 
-    def batch(self, epoch: int, step: int, *, order: np.ndarray | None = None) -> Batch:
-        """Batch `step` (0-based) of `epoch`; pass `order` = epoch_order(epoch) to avoid recomputing it."""
+    def global_positions(self, epoch: int, step: int, order: np.ndarray | None = None) -> np.ndarray:
+        """Positions (into caption_rows) of the captions of global batch `step` of `epoch`."""
         if not 0 <= step < self.steps_per_epoch:
             raise IndexError(f"step {step} outside [0, {self.steps_per_epoch})")
         order = self.epoch_order(epoch) if order is None else order
-        positions = order[step * self.batch_size:(step + 1) * self.batch_size]
-        image_rows = self.caption_image_rows[positions]
+        return order[step * self.batch_size:(step + 1) * self.batch_size]
+
+    def batch(self, epoch: int, step: int, *, order: np.ndarray | None = None) -> Batch:
+        """This rank's share of batch `step` (0-based) of `epoch` (the whole batch in one process); pass
+        `order` = epoch_order(epoch) to avoid recomputing it."""
+        positions = self.global_positions(epoch, step, order)
         crops = None
         if self.feature_mode == "10c-random":
             crops = np.random.default_rng([self.seed, epoch, step, CROP_STREAM]).integers(0, NUM_CROPS,
                                                                                           len(positions))
+        mine = self.share.of(len(positions))
+        positions, crops = positions[mine], None if crops is None else crops[mine]
+        image_rows = self.caption_image_rows[positions]
         features = read_image_features(self.store.feature_rows(self.kind), image_rows,
                                        feature_mode=self.feature_mode, crop_indices=crops)
         tokens, lengths = pad_token_ids([self.token_ids[position] for position in positions])

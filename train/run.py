@@ -7,14 +7,17 @@ from pathlib import Path
 
 import torch
 
+from common import distributed
 from common.device import resolve_device
 from features.reader import FeatureStore
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
-from train.data import CaptionBatches, store_kind
+from train.data import CaptionBatches, RankShare, store_kind
 from train.losses import build_loss
 from train.model import build_model
-from train.run_dir import CONFIG_FILE, METRICS_FILE, VOCAB_FILE, check_resume_config, prepare_run_dir
+from train.run_dir import (
+    CONFIG_FILE, METRICS_FILE, VOCAB_FILE, check_resume_config, check_run_dir, prepare_run_dir,
+)
 from train.text import Vocabulary, build_vocabulary
 from train.trainer import Trainer, store_validator
 
@@ -22,11 +25,21 @@ logger = logging.getLogger(__name__)
 
 
 def check_device(cfg: TrainConfig) -> torch.device:
-    """The device of the run; --amp needs CUDA (ValueError otherwise)."""
+    """The device of this rank (cuda:LOCAL_RANK under torchrun); --amp needs CUDA (ValueError otherwise)."""
     device = resolve_device(cfg.device)
     if cfg.amp != "none" and device.type != "cuda":
         raise ValueError(f"--amp {cfg.amp} needs CUDA; use --amp none on the CPU")
-    return device
+    return distributed.device_for(device, distributed.current())
+
+
+def open_run_dir(out_dir: Path, cfg: TrainConfig, vocab: Vocabulary) -> None:
+    """Rank 0 creates the run folder and writes the vocabulary and the config; the other ranks wait for it."""
+    context = distributed.current()
+    if context.is_main:
+        prepare_run_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
+        vocab.save(out_dir / VOCAB_FILE)
+        cfg.save_json(out_dir / CONFIG_FILE)
+    context.barrier()
 
 
 def check_store(cfg: TrainConfig, store: FeatureStore) -> None:
@@ -56,23 +69,26 @@ def run_train(cfg: TrainConfig) -> dict:
         checkpoint = load_checkpoint(cfg.resume, expected_kind="train")  # FileNotFoundError when missing
         check_resume_config(cfg, checkpoint["config"], cfg.resume)
     out_dir = Path(cfg.out_dir)
+    context = distributed.current()
     with FeatureStore(cfg.store) as store:
         check_store(cfg, store)
-        prepare_run_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
+        check_run_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)  # every rank, before the slow part
         if checkpoint is not None:
             vocab = Vocabulary.from_dict(checkpoint["vocab"])
         else:
             vocab = build_vocabulary(store, splits=cfg.all_train_splits(), min_count=cfg.vocab_min_count)
-        vocab.save(out_dir / VOCAB_FILE)
-        cfg.save_json(out_dir / CONFIG_FILE)
+        batches = CaptionBatches(store, splits=cfg.all_train_splits(), vocab=vocab, feature_mode=cfg.feature_mode,
+                                 batch_size=cfg.batch_size, seed=cfg.seed,
+                                 share=RankShare(context.rank, context.world_size))
+        open_run_dir(out_dir, cfg, vocab)
         torch.manual_seed(cfg.seed)  # model init; data order and crops are seeded from (seed, epoch, step)
         model = build_model(cfg, vocab_size=len(vocab), feature_dim=store.feature_dim)
-        loss = build_loss(cfg, store=store)
-        batches = CaptionBatches(store, splits=cfg.all_train_splits(), vocab=vocab, feature_mode=cfg.feature_mode,
-                                 batch_size=cfg.batch_size, seed=cfg.seed)
-        logger.info("training on %d captions (%d steps/epoch), vocabulary %d words, %s features, loss %s "
-                    "(%s similarity, %s margin), device %s", batches.num_captions, batches.steps_per_epoch,
-                    len(vocab), cfg.feature_mode, cfg.loss, cfg.similarity, cfg.margin_source, device)
+        with context.main_first():  # rank 0 fits and caches LSEH's vectors, the others read the cache
+            loss = build_loss(cfg, store=store)
+        logger.info("training on %d captions (%d steps/epoch of %d), vocabulary %d words, %s features, loss %s "
+                    "(%s similarity, %s margin), device %s, %d rank(s)", batches.num_captions,
+                    batches.steps_per_epoch, cfg.batch_size, len(vocab), cfg.feature_mode, cfg.loss, cfg.similarity,
+                    cfg.margin_source, device, context.world_size)
         trainer = Trainer(model, loss, config=cfg, batches=batches, out_dir=out_dir, vocab=vocab,
                           validate=store_validator(store, config=cfg, vocab=vocab, device=device),
                           model_spec={"vocab_size": len(vocab), "feature_dim": store.feature_dim}, device=device)

@@ -20,20 +20,27 @@ RESUME_MUTABLE_FIELDS = ("resume", "out_dir", "store", "epochs", "max_steps", "v
                          "workers", "device", "overwrite")
 
 
-def prepare_run_dir(out_dir: Path, *, resume: str, overwrite: bool) -> None:
-    """Create out_dir; refuse to start a fresh run over another run's checkpoints unless `overwrite`.
+def check_run_dir(out_dir: Path, *, resume: str, overwrite: bool) -> None:
+    """Refuse (ValueError) to start a fresh run over another run's checkpoints unless `overwrite`.
 
     A fresh start in a folder that holds last.pt/best.pt would silently replace a finished run, so it is an
-    error naming the fix. With `overwrite` (or when no checkpoint exists) the old checkpoints and metrics are
-    removed, so the folder never mixes two runs. A resume keeps everything.
+    error naming the fix. Reads only: every rank of a distributed run checks, rank 0 alone prepares.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         return
     existing = [name for name in (LAST, BEST) if (out_dir / name).exists()]
     if existing and not overwrite:
         raise ValueError(f"{out_dir} already holds a run ({', '.join(existing)}); pass --resume "
                          f"{out_dir / LAST} to continue it, --overwrite to replace it, or another --out-dir")
+
+
+def prepare_run_dir(out_dir: Path, *, resume: str, overwrite: bool) -> None:
+    """check_run_dir, then create out_dir; a fresh run removes an earlier run's checkpoints and metrics
+    (allowed by `overwrite`), so the folder never mixes two runs. A resume keeps everything."""
+    check_run_dir(out_dir, resume=resume, overwrite=overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        return
     for name in (LAST, BEST, METRICS_FILE):
         if (out_dir / name).exists():
             logger.warning("removing %s from an earlier run in %s", name, out_dir)

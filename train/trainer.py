@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from common import distributed
 from common.device import AMP_DTYPES
 from eval.metrics import recall_metrics
 from train import schedule
@@ -29,7 +32,7 @@ from train.checkpoint import load_checkpoint, restore_training_state, save_check
 from train.config import LR_DECAY_FACTOR, TrainConfig
 from train.data import Batch
 from train.encode import encode_split, similarity_matrix
-from train.losses import VSELoss
+from train.losses import LossOutput, VSELoss
 from train.model import VSEModel
 from train.run_dir import BEST, LAST, METRICS_FILE
 from train.text import Vocabulary
@@ -81,8 +84,43 @@ def deferred_interrupt() -> Iterator[dict]:
         signal.signal(signal.SIGINT, previous)
 
 
+class TrainingStep(nn.Module):
+    """Model and loss as one module: batch -> LossOutput (what DistributedDataParallel wraps)."""
+
+    def __init__(self, model: VSEModel, loss: VSELoss, *, autocast_dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.model, self.loss, self.autocast_dtype = model, loss, autocast_dtype
+
+    def forward(self, batch: Batch, *, epoch: int, step: int) -> LossOutput:
+        device_type = batch.images.device.type
+        with torch.autocast(device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            image_emb, caption_emb = self.model(batch.images, batch.tokens, batch.lengths)
+        return self.loss(image_emb.float(), caption_emb.float(), batch.image_ids, caption_ids=batch.caption_rows,
+                         epoch=epoch, step=step)
+
+
+def _sum_gradients(state, bucket):  # no annotations: DDP checks them, and this module's are strings
+    """DDP comm hook: sum the ranks' gradients. Each rank's loss holds its share of the global batch's loss
+    (train/losses/global_batch.py), so the shares' gradients add up to the single-process gradient."""
+    work = torch.distributed.all_reduce(bucket.buffer(), async_op=True)
+    return work.get_future().then(lambda future: future.value()[0])
+
+
+def distributed_step(step: TrainingStep, device: torch.device) -> nn.Module:
+    """`step` wrapped in DistributedDataParallel (gradients summed, not averaged) when several ranks train."""
+    if not distributed.current().enabled:
+        return step
+    wrapped = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
+    wrapped.register_comm_hook(None, _sum_gradients)
+    return wrapped
+
+
 class Trainer:
-    """Runs epochs of steps on `batches`, validates, keeps last.pt/best.pt, resumes exactly."""
+    """Runs epochs of steps on `batches`, validates, keeps last.pt/best.pt, resumes exactly.
+
+    Under torch.distributed every rank runs the same loop on its share of each global batch; rank 0 alone
+    validates (the result reaches every rank), writes checkpoints, metrics and the progress bar.
+    """
 
     def __init__(self, model: VSEModel, loss: VSELoss, *, config: TrainConfig, batches: BatchSource,
                  validate: Callable[[VSEModel], dict[str, float]], out_dir: str | Path, vocab: Vocabulary,
@@ -106,8 +144,11 @@ class Trainer:
         self.params = [p for group in groups for p in group["params"]]
         self.optimizer = torch.optim.Adam(groups)
         use_amp = config.amp != "none" and self.device.type == "cuda"
-        self.autocast_dtype = AMP_DTYPES.get(config.amp) if use_amp else None
         self.scaler = torch.amp.GradScaler("cuda") if use_amp and config.amp == "fp16" else None
+        self.dist = distributed.current()
+        self.step_module = distributed_step(
+            TrainingStep(self.model, self.loss, autocast_dtype=AMP_DTYPES.get(config.amp) if use_amp else None),
+            self.device)
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0  # where the next step starts; steps done
         self.best_rsum = -math.inf
         self._validated_step = -1
@@ -132,8 +173,10 @@ class Trainer:
                     self.epoch, self.step, self.step_in_epoch, self.best_rsum)
 
     def save(self, name: str) -> Path:
-        """Atomically write the current state to out_dir/name."""
+        """Atomically write the current state to out_dir/name (rank 0 only: one checkpoint per run)."""
         path = self.out_dir / name
+        if not self.dist.is_main:
+            return path
         save_checkpoint(path, model=self.model, loss=self.loss, optimizer=self.optimizer, scaler=self.scaler,
                         kind=self.kind,
                         epoch=self.epoch, step=self.step, step_in_epoch=self.step_in_epoch,
@@ -142,7 +185,9 @@ class Trainer:
         return path
 
     def log(self, record: dict) -> None:
-        """Append one JSON line to out_dir/metrics.jsonl."""
+        """Append one JSON line to out_dir/metrics.jsonl (rank 0 only)."""
+        if not self.dist.is_main:
+            return
         with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as metrics_file:
             metrics_file.write(json.dumps(record) + "\n")
 
@@ -159,11 +204,8 @@ class Trainer:
         """One optimisation step on `batch` -> (loss value, what the loss logs, e.g. the group loss's k)."""
         batch = batch.to(self.device)
         self.model.train()
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            image_emb, caption_emb = self.model(batch.images, batch.tokens, batch.lengths)
-        loss, logs = self.loss(image_emb.float(), caption_emb.float(), batch.image_ids,
-                               caption_ids=batch.caption_rows, epoch=self.epoch, step=self.step_in_epoch)
-        if not torch.isfinite(loss):
+        loss, logs = self.step_module(batch, epoch=self.epoch, step=self.step_in_epoch)
+        if not torch.isfinite(loss):  # the value is the global loss: every rank stops here together
             raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch}, step {self.step}; lower --lr "
                                      "or check the features for NaN")
         self.optimizer.zero_grad(set_to_none=True)
@@ -182,8 +224,8 @@ class Trainer:
         return float(loss.item()), logs
 
     def validate_and_save(self) -> dict[str, float]:
-        """Validate, log, save best.pt on a new best rsum, and last.pt."""
-        metrics = self.validate(self.model)
+        """Validate (rank 0; every rank gets the result), log, save best.pt on a new best rsum, and last.pt."""
+        metrics = self.dist.broadcast(self.validate(self.model) if self.dist.is_main else None)
         self._validated_step = self.step
         improved = metrics["rsum"] > self.best_rsum
         self.best_rsum = max(self.best_rsum, metrics["rsum"])
@@ -207,7 +249,8 @@ class Trainer:
             while self.epoch < self.config.epochs and not self.budget_done():
                 lr = self.apply_learning_rate()
                 bar = tqdm(total=steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch}",
-                           unit="step", dynamic_ncols=True, disable=None, leave=False)
+                           unit="step", dynamic_ncols=True, disable=None if self.dist.is_main else True,
+                           leave=False)
                 window_start, window_steps = time.perf_counter(), 0
                 for batch in self.batches.epoch_batches(self.epoch, start_step=self.step_in_epoch,
                                                         workers=self.config.workers):
@@ -230,7 +273,7 @@ class Trainer:
                         self.validate_and_save()
                     elif self.config.val_every_steps and self.step % self.config.val_every_steps == 0:
                         self.validate_and_save()
-                    if interrupt["requested"]:
+                    if self.dist.any(interrupt["requested"]):  # all ranks stop at the same step
                         bar.close()
                         self.save(LAST)
                         logger.warning("interrupted: state at step %d saved to %s", self.step, self.out_dir / LAST)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from features.reader import FeatureStore
-from train.data import CaptionBatches, read_image_features
+from train.data import CaptionBatches, RankShare, read_image_features
 from train.text import build_vocabulary
 
 
@@ -107,3 +107,18 @@ def test_workers_give_the_same_batches(store_path: Path):
 def test_read_image_features_rejects_unknown_mode():
     with pytest.raises(ValueError, match="unknown feature mode 'bad'"):
         read_image_features(np.zeros((2, 3), np.float32), np.array([0, 1]), feature_mode="bad")
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_rank_shares_of_a_batch_concatenate_to_the_single_process_batch(store_path: Path, world_size: int):
+    with FeatureStore(store_path) as store:
+        vocab = build_vocabulary(store, splits=["train"], min_count=1)
+        whole = CaptionBatches(store, splits=["train"], vocab=vocab, feature_mode="10c-random", batch_size=24, seed=3)
+        shares = [CaptionBatches(store, splits=["train"], vocab=vocab, feature_mode="10c-random", batch_size=24,
+                                 seed=3, share=RankShare(rank, world_size)) for rank in range(world_size)]
+        for step in (0, whole.steps_per_epoch - 1):  # a full batch and the short last one (192 = 8 x 24: full)
+            expected = whole.batch(1, step)
+            parts = [share.batch(1, step) for share in shares]
+            assert torch.equal(torch.cat([part.images for part in parts]), expected.images)  # same random crops
+            assert torch.equal(torch.cat([part.caption_rows for part in parts]), expected.caption_rows)
+            assert torch.equal(torch.cat([part.image_ids for part in parts]), expected.image_ids)

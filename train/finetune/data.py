@@ -19,7 +19,7 @@ from PIL import Image
 from common.choices import RC_MODES
 from extract.loader import ImageDataset, make_loader, to_rgb
 from extract.transforms import CROP, RESIZE, Box, pil_to_uint8_tensor, resize_image
-from train.data import Batch, CaptionBatches, iterate_epoch, pad_token_ids
+from train.data import Batch, CaptionBatches, RankShare, iterate_epoch, pad_token_ids
 from train.encode import encode_token_lists, split_rows
 from train.model import VSEModel
 from train.text import Vocabulary, caption_tokens
@@ -107,11 +107,11 @@ class ImageCaptionBatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, store: object, *, splits: Sequence[str], vocab: Vocabulary, batch_size: int, seed: int,
-                 image_root: str | Path, rc: str) -> None:
+                 image_root: str | Path, rc: str, share: RankShare = RankShare()) -> None:
         if rc not in RC_MODES:
             raise ValueError(f"unknown --rc {rc!r}; valid: {', '.join(RC_MODES)}")
         self.captions = CaptionBatches(store, splits=splits, vocab=vocab, feature_mode="1c", batch_size=batch_size,
-                                       seed=seed)
+                                       seed=seed, share=share)
         self.image_paths = [str(Path(image_root) / path) for path in store.image_paths]
         self.batch_size, self.seed, self.rc = batch_size, seed, rc
         self.steps_per_epoch = self.captions.steps_per_epoch
@@ -122,16 +122,17 @@ class ImageCaptionBatches(torch.utils.data.Dataset):
         return np.unique(self.captions.caption_image_rows)
 
     def batch(self, epoch: int, step: int, *, order: np.ndarray | None = None) -> Batch:
-        """Batch `step` of `epoch`: the captions of CaptionBatches.batch with freshly cropped images."""
-        if not 0 <= step < self.steps_per_epoch:
-            raise IndexError(f"step {step} outside [0, {self.steps_per_epoch})")
-        order = self.captions.epoch_order(epoch) if order is None else order
-        positions = order[step * self.batch_size:(step + 1) * self.batch_size]
+        """This rank's share of batch `step` of `epoch`: the captions of CaptionBatches.batch with freshly
+        cropped images (a caption's crop is drawn from its slot in the global batch, whatever the rank)."""
+        positions = self.captions.global_positions(epoch, step, order)
+        mine = self.captions.share.of(len(positions))
+        slots = range(len(positions))[mine]
+        positions = positions[mine]
         image_rows = self.captions.caption_image_rows[positions]
         crops = torch.stack([
             random_crop(open_rgb(Path(self.image_paths[row])), rc=self.rc,
                         generator=crop_generator(self.seed, epoch, step, slot))
-            for slot, row in enumerate(image_rows)])  # [B, 3, 224, 224] uint8
+            for slot, row in zip(slots, image_rows)])  # [B, 3, 224, 224] uint8
         tokens, lengths = pad_token_ids([self.captions.token_ids[position] for position in positions])
         return Batch(tokens=tokens, lengths=lengths, images=crops,
                      image_ids=torch.from_numpy(image_rows.astype(np.int64)),

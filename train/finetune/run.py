@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import distributed
 from eval.metrics import recall_metrics
 from features.datasets import validate_image_root
 from features.reader import FeatureStore
@@ -25,8 +26,9 @@ from train.finetune.config import CHECKPOINT_FIELDS, FINETUNE_RESUME_MUTABLE_EXT
 from train.finetune.data import ImageCaptionBatches, encode_split_from_images
 from train.losses import VSELoss, build_loss
 from train.model import VSEModel, build_model
-from train.run import check_device, run_summary
-from train.run_dir import CONFIG_FILE, RESUME_MUTABLE_FIELDS, VOCAB_FILE, check_resume_config, prepare_run_dir
+from train.data import RankShare
+from train.run import check_device, open_run_dir, run_summary
+from train.run_dir import RESUME_MUTABLE_FIELDS, check_resume_config, check_run_dir
 from train.text import Vocabulary
 from train.trainer import Trainer
 
@@ -137,26 +139,29 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         check_resume_config(cfg, resume_from["config"], cfg.resume,
                             mutable=RESUME_MUTABLE_FIELDS + FINETUNE_RESUME_MUTABLE_EXTRA)
     out_dir = Path(cfg.out_dir)
+    context = distributed.current()
     with FeatureStore(cfg.store) as store:
         check_same_cnn(store, init["config"]["store"])
+        check_run_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
         for splits in (cfg.all_train_splits(), (cfg.val_split,)):
             store.require_complete(splits)
         image_root = validate_image_root(cfg.image_root or store.attrs["image_root"])
         cfg = dataclasses.replace(cfg, image_root=str(image_root))
         model, cnn, vocab, model_spec = init_model(cfg, init, store=store)
-        loss = build_loss(cfg, store=store)
+        with context.main_first():  # rank 0 fits and caches LSEH's vectors, the others read the cache
+            loss = build_loss(cfg, store=store)
         load_model_state(loss, init["loss"], source=f"the loss state of --checkpoint {cfg.checkpoint}")
         batches = ImageCaptionBatches(store, splits=cfg.all_train_splits(), vocab=vocab, batch_size=cfg.batch_size,
-                                      seed=cfg.seed, image_root=image_root, rc=cfg.rc)
+                                      seed=cfg.seed, image_root=image_root, rc=cfg.rc,
+                                      share=RankShare(context.rank, context.world_size))
         _check_images(batches, store, image_root, cfg.val_split)
         if cfg.feature_mode != "1c":
             logger.info("the head was trained on %s features; the fine-tuned CNN gives one crop per caption (a set "
                         "of one: mean and adaptive pooling of one vector are that vector)", cfg.feature_mode)
-        prepare_run_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
-        vocab.save(out_dir / VOCAB_FILE)
-        cfg.save_json(out_dir / CONFIG_FILE)
-        logger.info("fine-tuning on %d captions (%d steps/epoch), rc %s, lr %g, cnn lr %g, device %s",
-                    batches.num_captions, batches.steps_per_epoch, cfg.rc, cfg.lr, cfg.cnn_lr, device)
+        open_run_dir(out_dir, cfg, vocab)
+        logger.info("fine-tuning on %d captions (%d steps/epoch), rc %s, lr %g, cnn lr %g, device %s, %d rank(s)",
+                    batches.num_captions, batches.steps_per_epoch, cfg.rc, cfg.lr, cfg.cnn_lr, device,
+                    context.world_size)
         torch.manual_seed(cfg.seed)  # dropout (vgg19); crops and order are seeded from (seed, epoch, step)
         trainer = Trainer(model, loss, config=cfg, batches=batches, validate=_validator(cfg, store, vocab, device),
                           out_dir=out_dir, vocab=vocab, model_spec=model_spec, kind="finetune",

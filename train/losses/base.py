@@ -7,6 +7,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from common import distributed
+from train.losses.global_batch import GlobalBatch
 from train.losses.similarity import similarity_function
 
 
@@ -24,6 +26,12 @@ class VSELoss(nn.Module):
     row b of both embeddings comes from caption b, image_ids are the store image rows (equal ids are
     positives), caption_ids the store caption rows (LSEH's semantic vectors are indexed by them), and
     (epoch, step) say where the step is, for state that depends on it (SH warm-up, the group loss's random k).
+
+    In one process `batch_loss` scores the whole batch with the pure functions. Under torch.distributed
+    (common.distributed.current() has several ranks) the batch is this rank's slice of the global batch:
+    every rank's rows are gathered (GlobalBatch) and `local_loss` computes this rank's queries' share. The
+    returned scalar then has the value of the global loss (the same on every rank) and the gradient of
+    this rank's share, which summed over the ranks is the gradient of the global loss.
     """
 
     def __init__(self, *, similarity: str) -> None:
@@ -33,4 +41,20 @@ class VSELoss(nn.Module):
 
     def forward(self, image_emb: torch.Tensor, caption_emb: torch.Tensor, image_ids: torch.Tensor, *,
                 caption_ids: torch.Tensor, epoch: int, step: int) -> LossOutput:
+        context = distributed.current()
+        if not context.enabled:
+            return self.batch_loss(image_emb, caption_emb, image_ids, caption_ids=caption_ids, epoch=epoch,
+                                   step=step)
+        batch = GlobalBatch.gather(image_emb, caption_emb, image_ids, caption_ids, context)
+        share, logs = self.local_loss(batch, epoch=epoch, step=step)
+        total = context.sum(share)
+        return LossOutput(share + (total - share).detach(), logs)
+
+    def batch_loss(self, image_emb: torch.Tensor, caption_emb: torch.Tensor, image_ids: torch.Tensor, *,
+                   caption_ids: torch.Tensor, epoch: int, step: int) -> LossOutput:
+        """The loss of a whole batch held by this process."""
+        raise NotImplementedError
+
+    def local_loss(self, batch: GlobalBatch, *, epoch: int, step: int) -> LossOutput:
+        """This rank's share of the loss of the global batch (the shares of all ranks sum to it)."""
         raise NotImplementedError

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from common.choices import GROUP_K_MODES
 from train.losses.base import LossOutput, VSELoss
+from train.losses.global_batch import GlobalBatch
 from train.losses.similarity import positive_mask, validate_batch
 
 # The authors' defaults (github.com/96-Zachary/vse_2ad).
@@ -35,13 +36,13 @@ def _check_group_batch(sims: torch.Tensor, pos_mask: torch.Tensor) -> int:
 
 
 def _group_cross_entropy(positive: torch.Tensor, negatives: torch.Tensor, *, k: int, temperature: float,
-                         margin: float) -> torch.Tensor:
-    """positive [Q], negatives [Q, N] (-inf = not a negative) -> mean over the Q queries of
+                         margin: float, reduction: str = "mean") -> torch.Tensor:
+    """positive [Q], negatives [Q, N] (-inf = not a negative) -> mean (or sum) over the Q queries of
     CE([p, n_1 + margin, ..., n_k + margin] / temperature, target 0) over the k largest negatives."""
     hardest = negatives.topk(k, dim=1).values  # [Q, k]; -inf slots where a query has < k negatives
     logits = torch.cat([positive.unsqueeze(1), hardest + margin], dim=1) / temperature  # [Q, 1 + k]
     targets = torch.zeros(positive.shape[0], dtype=torch.long, device=positive.device)
-    return F.cross_entropy(logits, targets)
+    return F.cross_entropy(logits, targets, reduction=reduction)
 
 
 def group_hard_negative_loss(sims: torch.Tensor, pos_mask: torch.Tensor, *, k: int,
@@ -88,7 +89,11 @@ def adaptive_k(sims: torch.Tensor, pos_mask: torch.Tensor, *, gamma: float = GRO
     batch = _check_group_batch(sims, pos_mask)
     align = sims.diagonal().double().mean()
     uniform = torch.exp(-sims.double().masked_fill(pos_mask, 0.0)).mean()
-    base = float(align + uniform)
+    return k_of_alignment(float(align + uniform), batch=batch, gamma=gamma)
+
+
+def k_of_alignment(base: float, *, batch: int, gamma: float = GROUP_GAMMA) -> int:
+    """k = clip(floor(cos(max(base, 0) ** gamma) * B) + 1, 1, B - 1), base = align + uniform (see adaptive_k)."""
     if not math.isfinite(base):
         raise ValueError(f"adaptive k needs finite similarities, got align + uniform = {base}")
     k = math.floor(math.cos(max(base, 0.0) ** gamma) * batch) + 1
@@ -107,6 +112,11 @@ def select_k(mode: str, sims: torch.Tensor, pos_mask: torch.Tensor, *, k: int | 
     batch = _check_group_batch(sims, pos_mask)
     if mode == "adaptive":
         return adaptive_k(sims, pos_mask, gamma=gamma)
+    return batch_size_k(mode, batch, k=k, generator=generator)
+
+
+def batch_size_k(mode: str, batch: int, *, k: int | None = None, generator: torch.Generator | None = None) -> int:
+    """The k of the modes that need only the batch size B: "constant" (k capped at B - 1) and "random"."""
     if mode == "constant":
         if k is None or k < 1:
             raise ValueError(f"k mode 'constant' needs k >= 1, got {k}")
@@ -136,8 +146,8 @@ class GroupLoss(VSELoss):
         seed = np.random.SeedSequence([self.seed, epoch, step, K_STREAM]).generate_state(1)[0]
         return torch.Generator().manual_seed(int(seed))
 
-    def forward(self, image_emb: torch.Tensor, caption_emb: torch.Tensor, image_ids: torch.Tensor, *,
-                caption_ids: torch.Tensor, epoch: int, step: int) -> LossOutput:
+    def batch_loss(self, image_emb: torch.Tensor, caption_emb: torch.Tensor, image_ids: torch.Tensor, *,
+                   caption_ids: torch.Tensor, epoch: int, step: int) -> LossOutput:
         sims = self.similarity(image_emb, caption_emb)
         if sims.shape[0] < 2:
             return LossOutput(sims.sum() * 0.0, {"k": 0})
@@ -146,3 +156,23 @@ class GroupLoss(VSELoss):
                      generator=self.k_generator(epoch, step))
         loss = group_hard_negative_loss(sims, pos_mask, k=k, temperature=self.temperature, margin=self.margin)
         return LossOutput(loss, {"k": int(k)})
+
+    def local_loss(self, batch: GlobalBatch, *, epoch: int, step: int) -> LossOutput:
+        caption_scores, image_scores = batch.query_scores(self.similarity)
+        if batch.size < 2:
+            return LossOutput(caption_scores.sum() * 0.0, {"k": 0})
+        mask = batch.positive_mask()
+        k = self._global_k(batch, caption_scores.detach(), mask, epoch=epoch, step=step)
+        total = sum(_group_cross_entropy(batch.positives(scores), scores.masked_fill(mask, float("-inf")), k=k,
+                                         temperature=self.temperature, margin=self.margin, reduction="sum")
+                    for scores in (caption_scores, image_scores))
+        return LossOutput(total / (2 * batch.size), {"k": k})
+
+    def _global_k(self, batch: GlobalBatch, caption_scores: torch.Tensor, mask: torch.Tensor, *, epoch: int,
+                  step: int) -> int:
+        """select_k over the global batch: adaptive k from alignment and uniformity summed over the ranks."""
+        if self.k_mode != "adaptive":
+            return batch_size_k(self.k_mode, batch.size, k=self.k, generator=self.k_generator(epoch, step))
+        align = batch.context.sum(batch.positives(caption_scores).double().sum()) / batch.size
+        uniform = batch.context.sum(torch.exp(-caption_scores.double().masked_fill(mask, 0.0)).sum())
+        return k_of_alignment(float(align + uniform / batch.size ** 2), batch=batch.size, gamma=self.gamma)

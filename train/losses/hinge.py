@@ -7,6 +7,7 @@ import torch
 
 from common.choices import REDUCTIONS
 from train.losses.base import LossOutput, VSELoss
+from train.losses.global_batch import GlobalBatch
 from train.losses.lseh import LSEH_ALPHA, LSEH_LAMBDA, lseh_margins
 from train.losses.similarity import positive_mask, validate_batch
 
@@ -93,15 +94,49 @@ class HingeLoss(VSELoss):
         """MH from epoch `warmup_epochs` on (SH before it); SH throughout when built without max_violation."""
         return self.max_violation and epoch >= self.warmup_epochs
 
-    def forward(self, image_emb: torch.Tensor, caption_emb: torch.Tensor, image_ids: torch.Tensor, *,
-                caption_ids: torch.Tensor, epoch: int, step: int) -> LossOutput:
+    def _vectors(self, caption_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The semantic vectors of the given captions, on `device`."""
+        return torch.from_numpy(self.semantic_vectors[caption_ids.cpu().numpy()]).to(device)
+
+    def batch_loss(self, image_emb: torch.Tensor, caption_emb: torch.Tensor, image_ids: torch.Tensor, *,
+                   caption_ids: torch.Tensor, epoch: int, step: int) -> LossOutput:
         sims = self.similarity(image_emb, caption_emb)
         pos_mask = positive_mask(image_ids, image_ids)
         margin: float | torch.Tensor = self.margin
         if self.semantic_vectors is not None:
-            vectors = torch.from_numpy(self.semantic_vectors[caption_ids.cpu().numpy()]).to(sims.device)
+            vectors = self._vectors(caption_ids, sims.device)
             margin = lseh_margins((vectors @ vectors.T).to(sims.dtype), pos_mask, alpha=self.margin,
                                   lam=self.lseh_lambda)
         loss = contrastive_loss(sims, pos_mask, margin=margin, max_violation=self.uses_max_violation(epoch),
                                 reduction=self.reduction)
         return LossOutput(loss, {})
+
+    def local_loss(self, batch: GlobalBatch, *, epoch: int, step: int) -> LossOutput:
+        caption_scores, image_scores = batch.query_scores(self.similarity)
+        mask = batch.positive_mask()
+        caption_margin: float | torch.Tensor = self.margin
+        image_margin: float | torch.Tensor = self.margin
+        if self.semantic_vectors is not None:
+            vectors = self._vectors(batch.caption_ids, caption_scores.device).to(caption_scores.dtype)
+            dots = vectors[batch.local] @ vectors.T  # [n, G]; v_b . v_c is symmetric in (b, c)
+            row_max = dots.max(dim=1).values
+            row_max = torch.where(row_max > 0, row_max, torch.ones_like(row_max))  # as lseh_margins
+            all_row_max = batch.gather_values(row_max)  # [G]: the normaliser of every image row b
+            caption_margin = self.margin + self.lseh_lambda * dots / row_max.unsqueeze(1)  # m[b, c], b local
+            image_margin = self.margin + self.lseh_lambda * dots / all_row_max.unsqueeze(0)  # m[b, c], c local
+        max_violation = self.uses_max_violation(epoch)
+        total = (query_hinges(caption_scores, batch.positives(caption_scores), mask, caption_margin, max_violation)
+                 + query_hinges(image_scores, batch.positives(image_scores), mask, image_margin, max_violation))
+        return LossOutput(total if self.reduction == "sum" else total / batch.size, {})
+
+
+def query_hinges(scores: torch.Tensor, positive: torch.Tensor, pos_mask: torch.Tensor,
+                 margin: float | torch.Tensor, max_violation: bool) -> torch.Tensor:
+    """Sum over queries of their hinges: scores [Q, K], positive [Q], pos_mask [Q, K] -> scalar.
+
+    h[q, k] = [m[q, k] + scores[q, k] - positive[q]]_+ over the negatives (pos_mask False); MH takes each
+    query's max over k, SH the sum. One direction of contrastive_loss, for a block of queries.
+    """
+    cost = (margin + scores - positive.unsqueeze(1)).clamp(min=0).masked_fill(pos_mask, 0)
+    per_query = cost.max(dim=1).values if max_violation else cost.sum(dim=1)
+    return per_query.sum()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.losses.base import LossOutput, VSELoss
+from train.losses.global_batch import GlobalBatch
 from train.losses.similarity import positive_mask, validate_batch
 
 INFONCE_INIT_TEMPERATURE = 0.07  # CLIP's initial temperature; logit_scale = log(1 / T)
@@ -50,9 +51,18 @@ class InfoNCELoss(VSELoss):
         """exp(logit_scale) clamped at 100."""
         return self.logit_scale.clamp(max=INFONCE_MAX_LOGIT_SCALE).exp()
 
-    def forward(self, image_emb: torch.Tensor, caption_emb: torch.Tensor, image_ids: torch.Tensor, *,
-                caption_ids: torch.Tensor, epoch: int, step: int) -> LossOutput:
+    def batch_loss(self, image_emb: torch.Tensor, caption_emb: torch.Tensor, image_ids: torch.Tensor, *,
+                   caption_ids: torch.Tensor, epoch: int, step: int) -> LossOutput:
         sims = self.similarity(image_emb, caption_emb)
         scale = self.scale()
         loss = info_nce_loss(sims, positive_mask(image_ids, image_ids), logit_scale=scale)
         return LossOutput(loss, {"logit_scale": float(scale.detach())})
+
+    def local_loss(self, batch: GlobalBatch, *, epoch: int, step: int) -> LossOutput:
+        scale = self.scale()
+        targets = batch.targets()
+        mask = batch.positive_mask()
+        mask[torch.arange(batch.count, device=mask.device), targets] = False  # the target stays, its duplicates go
+        total = sum(F.cross_entropy((scores * scale).masked_fill(mask, float("-inf")), targets, reduction="sum")
+                    for scores in batch.query_scores(self.similarity))
+        return LossOutput(total / (2 * batch.size), {"logit_scale": float(scale.detach())})

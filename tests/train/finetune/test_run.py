@@ -19,6 +19,7 @@ from train.checkpoint import load_checkpoint
 from train.encode import encode_split, similarity_matrix
 from train.finetune.cnn import backbone_from_store
 from train.finetune.config import FinetuneConfig
+from train.data import RankShare
 from train.finetune.data import ImageCaptionBatches, encode_split_from_images
 from train.finetune.run import init_model, resolve_config, run_finetune
 
@@ -185,3 +186,18 @@ def test_batches_are_deterministic_and_crops_change_between_epochs(setup: Finetu
         epoch1 = dict(zip(later.image_ids.tolist(), later.images))
         shared = set(epoch0) & set(epoch1)
         assert shared and all(not torch.equal(epoch0[i], epoch1[i]) for i in shared)
+
+
+def test_rank_shares_of_a_finetune_batch_keep_the_single_process_crops(setup: FinetuneSetup):
+    with FeatureStore(setup.store) as store:
+        vocab = model_from_checkpoint(load_checkpoint(setup.checkpoint)).vocab
+        options = dict(splits=["train"], vocab=vocab, batch_size=6, seed=0, image_root=setup.image_root, rc="paper")
+        whole = ImageCaptionBatches(store, **options)
+        shares = [ImageCaptionBatches(store, **options, share=RankShare(rank, 2)) for rank in range(2)]
+        expected = whole.batch(0, 1)
+        parts = [share.batch(0, 1) for share in shares]
+    assert [len(part) for part in parts] == [3, 3]
+    assert torch.equal(torch.cat([part.images for part in parts]), expected.images)
+    rows = [(tokens[:length].tolist()) for part in parts for tokens, length in zip(part.tokens, part.lengths)]
+    assert rows == [tokens[:length].tolist() for tokens, length in zip(expected.tokens, expected.lengths)]
+    assert torch.equal(torch.cat([part.caption_rows for part in parts]), expected.caption_rows)
