@@ -1,157 +1,208 @@
-"""Benchmark (a): vectorised coco-5k evaluation vs a per-query argsort loop like the reference VSE++ code.
+"""Benchmark of the rank engine: eval time against the bare similarity matmul, eval and search peak memory.
 
-Run: python bench/eval_speed.py [--num-images 5000 --captions-per-image 5 --dim 1024]
-Both sides start from the embeddings (both compute their similarities). The naive loop is timed on a
-random subset of queries and extrapolated linearly to all queries (each query costs the same: one
-dot product over the whole gallery and one argsort); the output says so. On that subset the naive ranks
-are compared with ours, query by query: on identical similarity values, and on the loop's own dot products.
+Run: python bench/eval_speed.py [--rounds 5]   (2 CPU cores: about 5-10 minutes, longer on a busy machine)
+(a) 5,000 images x 25,000 captions, 1024-d random unit vectors, coco-5k: evaluate_protocol (the rank engine,
+    from embeddings, never holding the [N, M] matrix) and one bare torch.mm(image_emb, caption_emb.T) of the
+    same FLOPs, alternated in one process for --rounds rounds; per-round ratios and medians. Peak RSS of each
+    side in a fresh child process: VmHWM (the kernel's exact peak), reset after the data is built
+    (/proc/self/clear_refs), so it is the job's own peak; a "data-5k" child only builds the data.
+    Checks: the engine's ranks equal those of recall_metrics on the bare matmul's matrix (the trainer's path),
+    and on a subset of queries a reference-style argsort of that matrix (the reference VSE++ evaluation).
+(b) 20,000 images x 100,000 captions (captions shuffled), all-images: wall time and VmHWM in a child (the
+    matrix alone would take 8 GB).
+(c) 1,000 caption queries, top-10 over a 100,000 x 1024 gallery: topk against a bare matmul of the same FLOPs,
+    alternated in one process; VmHWM of topk in a child; topk's indices checked against torch.topk of the matrix.
+The old per-query argsort loop is no longer timed: its time was set by its memory-bound per-query dot products
+(issue 4: 19x slower than one matmul), which says nothing about the engine; the argsort check remains.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-# numpy's OpenBLAS thread pool makes one small per-query GEMV ~20x slower on a busy machine (measured here:
-# 15 ms vs 0.7 ms for 256 x 5000); one thread is the naive loop's best case, so the comparison stays fair.
-# Set before numpy loads; torch's matmul (ours) uses its own MKL/OpenMP threads and is unaffected.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from eval.metrics import ranks_i2t, ranks_t2i, recall_metrics, summarise_ranks  # noqa: E402
-from eval.protocols import evaluate_protocol, similarity_matrix  # noqa: E402
+from eval.metrics import ranks_i2t, ranks_t2i  # noqa: E402
+from eval.protocols import evaluate_protocol  # noqa: E402
+from eval.rank import retrieval_ranks, topk  # noqa: E402
+
+DIM = 1024
 
 
-def random_unit_rows(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
-    rows = rng.standard_normal((count, dim), dtype=np.float32)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+def random_unit_rows(generator: torch.Generator, count: int, dim: int = DIM) -> torch.Tensor:
+    rows = torch.randn(count, dim, generator=generator)
+    return rows.div_(torch.linalg.vector_norm(rows, dim=1, keepdim=True))
 
 
-class Stopwatch:
-    """Accumulates the seconds spent inside `with stopwatch.part(name):` blocks."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def part(self, name: str) -> "Stopwatch":
-        self._name = name
-        return self
-
-    def __enter__(self) -> None:
-        self._start = time.perf_counter()
-
-    def __exit__(self, *exc_info) -> None:
-        self.seconds[self._name] = self.seconds.get(self._name, 0.0) + time.perf_counter() - self._start
-
-
-def naive_i2t_ranks(sims_of, captions_of: list[np.ndarray], queries: np.ndarray, watch: Stopwatch) -> np.ndarray:
-    """Reference-style caption retrieval: per image, its similarity row, argsort, best positive's position."""
-    ranks = np.empty(len(queries), dtype=np.int64)
-    for row, image in enumerate(queries):
-        with watch.part("dot"):
-            sims = sims_of(image)
-        with watch.part("argsort"):
-            order = np.argsort(sims)[::-1]
-            ranks[row] = min(np.where(order == caption)[0][0] for caption in captions_of[image]) + 1
-    return ranks
+def eval_data(num_images: int, captions_per_image: int, *, shuffled: bool, seed: int = 0):
+    """(image_emb [N, D], caption_emb [M, D], caption_image_index [M]), captions near their image's, built by
+    chunks so that the data's own temporaries stay small."""
+    generator = torch.Generator().manual_seed(seed)
+    image_emb = random_unit_rows(generator, num_images)
+    index = np.arange(num_images * captions_per_image) // captions_per_image
+    if shuffled:
+        index = np.random.default_rng(seed).permutation(index)
+    caption_emb = torch.empty(len(index), DIM)
+    for start in range(0, len(index), 10_000):
+        # Noise 12x the image's norm: the positive's cosine (~0.08) stands ~2.7 sigma above a random pair's
+        # (~0.03), which gives coco-5k-like recall (rsum ~260 at 5K images): ranks spread like a trained model's.
+        rows = random_unit_rows(generator, min(10_000, len(index) - start)).mul_(12.0)
+        rows.add_(image_emb[torch.from_numpy(index[start:start + 10_000])])
+        caption_emb[start:start + len(rows)] = rows.div_(torch.linalg.vector_norm(rows, dim=1, keepdim=True))
+    return image_emb, caption_emb, index
 
 
-def naive_t2i_ranks(sims_of, caption_image_index: np.ndarray, queries: np.ndarray, watch: Stopwatch) -> np.ndarray:
-    """Reference-style image retrieval: per caption, its similarity column, argsort, its image's position."""
-    ranks = np.empty(len(queries), dtype=np.int64)
-    for row, caption in enumerate(queries):
-        with watch.part("dot"):
-            sims = sims_of(caption)
-        with watch.part("argsort"):
-            order = np.argsort(sims)[::-1]
-            ranks[row] = np.where(order == caption_image_index[caption])[0][0] + 1
-    return ranks
+def status_mib(field: str) -> float:
+    """VmHWM (the kernel's exact peak RSS) or VmRSS of this process, MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def timed(fn, *args, **kwargs):
+def child(job: str) -> None:
+    """One measured job in this fresh process; prints one JSON line {seconds, vmhwm_mib, ...}."""
+    import_mib = status_mib("VmRSS")  # python + torch + numpy, before any data
+    big = job.startswith("eval-20k")
+    if job.startswith("search"):
+        generator = torch.Generator().manual_seed(1)
+        gallery, queries = random_unit_rows(generator, 100_000), random_unit_rows(generator, 1000)
+    else:
+        image_emb, caption_emb, index = eval_data(20_000 if big else 5000, 5, shuffled=big)
+    data_peak_mib, data_mib = status_mib("VmHWM"), status_mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
     start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start
+    extra = {}
+    if job == "search":
+        scores, _ = topk(queries, gallery, 10)
+        extra["top1_mean"] = float(scores[:, 0].mean())
+    elif job == "matmul-5k":
+        sims = image_emb @ caption_emb.T
+        extra["sims_mib"] = sims.numel() * 4 / 2**20
+    elif job in ("eval-5k", "eval-20k"):
+        results = evaluate_protocol(image_emb, caption_emb, index, protocol="coco-5k" if job == "eval-5k"
+                                    else "all-images")
+        extra.update(rsum=results["rsum"], i2t_r1=results["i2t_r1"], t2i_r1=results["t2i_r1"])
+    seconds = time.perf_counter() - start
+    print(json.dumps({"job": job, "seconds": seconds, "vmhwm_mib": status_mib("VmHWM"), "data_mib": data_mib,
+                      "data_peak_mib": data_peak_mib, "import_mib": import_mib, **extra}))
+
+
+def describe_memory(result: dict) -> str:
+    return (f"peak RSS during the job {result['vmhwm_mib']:.0f} MiB = RSS with the data {result['data_mib']:.0f} "
+            f"MiB + {result['vmhwm_mib'] - result['data_mib']:.0f} MiB (imports alone {result['import_mib']:.0f} MiB; "
+            f"building the data peaked at {result['data_peak_mib']:.0f} MiB)")
+
+
+def run_child(job: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", job], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def alternate(rounds: int, sides: dict) -> dict[str, list[float]]:
+    """seconds[name] over rounds, the sides called in turn within each round (noise hits both alike)."""
+    seconds = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, fn in sides.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def report_ratio(seconds: dict[str, list[float]], ours: str, bare: str) -> None:
+    ratios = np.array(seconds[ours]) / np.array(seconds[bare])
+    for name, values in seconds.items():
+        print(f"  {name}: median {np.median(values):.2f} s (rounds: {' '.join(f'{v:.2f}' for v in values)})")
+    print(f"  ratio {ours} / {bare}: median of rounds {np.median(ratios):.3f} (rounds: "
+          f"{' '.join(f'{r:.3f}' for r in ratios)}); ratio of medians "
+          f"{np.median(seconds[ours]) / np.median(seconds[bare]):.3f}")
+
+
+def bench_eval_5k(rounds: int) -> None:
+    print(f"(a) 5000 images x 25000 captions, {DIM}-d, coco-5k; load before {load()}")
+    image_emb, caption_emb, index = eval_data(5000, 5, shuffled=False)
+    seconds = alternate(rounds, {
+        "evaluate_protocol": lambda: evaluate_protocol(image_emb, caption_emb, index, protocol="coco-5k"),
+        "bare matmul": lambda: image_emb @ caption_emb.T,
+    })
+    report_ratio(seconds, "evaluate_protocol", "bare matmul")
+    print(f"  load after {load()}")
+
+    sims = (image_emb @ caption_emb.T).numpy()
+    engine_i2t, engine_t2i = (ranks.numpy() for ranks in retrieval_ranks(image_emb, caption_emb, index))
+    matrix_i2t, matrix_t2i = ranks_i2t(sims, index), ranks_t2i(sims, index)
+    print(f"  check vs recall_metrics' ranks on the bare matrix: {np.sum(engine_i2t != matrix_i2t)} i2t and "
+          f"{np.sum(engine_t2i != matrix_t2i)} t2i mismatches of {len(engine_i2t)} + {len(engine_t2i)}")
+    rng = np.random.default_rng(0)
+    images, captions = rng.choice(5000, size=500, replace=False), rng.choice(len(index), size=2500, replace=False)
+    argsort_i2t = [min(np.flatnonzero(np.argsort(-sims[i], kind="stable") // 5 == i)) + 1 for i in images]
+    argsort_t2i = [np.flatnonzero(np.argsort(-sims[:, c], kind="stable") == index[c])[0] + 1 for c in captions]
+    print(f"  check vs argsort on 500 image + 2500 caption queries: {np.sum(engine_i2t[images] != argsort_i2t)} "
+          f"i2t and {np.sum(engine_t2i[captions] != argsort_t2i)} t2i mismatches")
+    del sims
+    for job in ("data-5k", "eval-5k", "matmul-5k"):
+        result = run_child(job)
+        print(f"  child {job}: {result['seconds']:.2f} s, {describe_memory(result)}"
+              + (f", rsum {result['rsum']:.2f}" if "rsum" in result else ""))
+
+
+def bench_eval_20k() -> None:
+    print(f"(b) 20000 images x 100000 captions (shuffled), {DIM}-d, all-images, in a child; load before {load()}")
+    result = run_child("eval-20k")
+    flops = 2 * 20_000 * 100_000 * DIM
+    print(f"  {result['seconds']:.1f} s ({flops / result['seconds'] / 1e9:.0f} GFLOP/s of similarities), "
+          f"{describe_memory(result)}; rsum {result['rsum']:.2f} (i2t R@1 {result['i2t_r1']:.2f}, t2i R@1 "
+          f"{result['t2i_r1']:.2f}); load after {load()}")
+
+
+def bench_search(rounds: int) -> None:
+    print(f"(c) 1000 queries, top-10 over a 100000 x {DIM} gallery; load before {load()}")
+    generator = torch.Generator().manual_seed(1)
+    gallery, queries = random_unit_rows(generator, 100_000), random_unit_rows(generator, 1000)
+    seconds = alternate(rounds, {"topk": lambda: topk(queries, gallery, 10),
+                                 "bare matmul": lambda: queries @ gallery.T})
+    report_ratio(seconds, "topk", "bare matmul")
+    _, indices = topk(queries, gallery, 10)
+    expected = torch.topk(queries @ gallery.T, 10, dim=1).indices
+    print(f"  check vs torch.topk of the whole matrix: {int((indices != expected).any(dim=1).sum())} of 1000 "
+          f"queries differ; load after {load()}")
+    result = run_child("search")
+    print(f"  child search: {result['seconds']:.2f} s, {describe_memory(result)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-images", type=int, default=5000)
-    parser.add_argument("--captions-per-image", type=int, default=5)
-    parser.add_argument("--dim", type=int, default=1024)
-    parser.add_argument("--naive-image-queries", type=int, default=500, help="image queries timed in the loop")
-    parser.add_argument("--naive-caption-queries", type=int, default=2500, help="caption queries timed in the loop")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=5, help="alternated rounds of each timed pair")
+    parser.add_argument("--parts", default="a,b,c", help="which benchmarks to run: a, b, c")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    rng = np.random.default_rng(args.seed)
-    num_images, num_captions = args.num_images, args.num_images * args.captions_per_image
-    image_emb = random_unit_rows(rng, num_images, args.dim)
-    caption_emb = random_unit_rows(rng, num_captions, args.dim)
-    caption_image_index = np.arange(num_captions) // args.captions_per_image
-    protocol = "coco-5k" if num_images == 5000 else "all-images"
-    print(f"{num_images} images x {num_captions} captions, {args.dim}-d random unit vectors, protocol {protocol}")
+    if args.child:
+        child(args.child)
+        return
     print(f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"numpy {np.__version__} (OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}), "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-
-    results, ours_seconds = timed(
-        evaluate_protocol, image_emb, caption_emb, caption_image_index, protocol=protocol
-    )
-    print(f"ours: evaluate_protocol (sims + ranks, all queries): {ours_seconds:.2f} s, rsum {results['rsum']:.3f}")
-    sims, sims_seconds = timed(similarity_matrix, torch.from_numpy(image_emb), torch.from_numpy(caption_emb))
-    sims = sims.numpy()
-    _, metrics_seconds = timed(recall_metrics, sims, caption_image_index)
-    print(f"  breakdown (rerun): similarity matrix {sims_seconds:.2f} s; recall_metrics {metrics_seconds:.2f} s")
-
-    image_queries = np.sort(rng.choice(num_images, size=min(args.naive_image_queries, num_images), replace=False))
-    caption_queries = np.sort(
-        rng.choice(num_captions, size=min(args.naive_caption_queries, num_captions), replace=False)
-    )
-    captions_of = [np.flatnonzero(caption_image_index == image) for image in range(num_images)]
-    i2t_watch, t2i_watch = Stopwatch(), Stopwatch()
-    naive_i2t = naive_i2t_ranks(lambda image: image_emb[image] @ caption_emb.T, captions_of, image_queries, i2t_watch)
-    naive_t2i = naive_t2i_ranks(
-        lambda caption: caption_emb[caption] @ image_emb.T, caption_image_index, caption_queries, t2i_watch
-    )
-    i2t_scale, t2i_scale = num_images / len(image_queries), num_captions / len(caption_queries)
-    naive = {part: i2t_watch.seconds[part] * i2t_scale + t2i_watch.seconds[part] * t2i_scale
-             for part in ("dot", "argsort")}
-    naive_seconds = naive["dot"] + naive["argsort"]
-    print(f"naive loop timed on a SUBSET of {len(image_queries)} image and {len(caption_queries)} caption queries: "
-          f"{sum(i2t_watch.seconds.values()):.2f} s + {sum(t2i_watch.seconds.values()):.2f} s")
-    print(f"naive loop EXTRAPOLATED linearly to all {num_images} + {num_captions} queries: {naive_seconds:.1f} s "
-          f"(per-query dot products {naive['dot']:.1f} s, argsort + np.where {naive['argsort']:.1f} s)")
-    print(f"speed-up, whole evaluation (naive extrapolated / ours): {naive_seconds / ours_seconds:.0f}x (goal >= 100x)")
-    print(f"speed-up, ranking only (naive argsort + np.where / recall_metrics): "
-          f"{naive['argsort'] / metrics_seconds:.0f}x")
-
-    # Check 1: the same similarity values through both rankings must give identical ranks.
-    same_i2t = naive_i2t_ranks(lambda image: sims[image], captions_of, image_queries, Stopwatch())
-    same_t2i = naive_t2i_ranks(lambda caption: sims[:, caption], caption_image_index, caption_queries, Stopwatch())
-    ours_i2t, ours_t2i = ranks_i2t(sims, caption_image_index), ranks_t2i(sims, caption_image_index)
-    subset_naive = subset_metrics(same_i2t, same_t2i)
-    subset_ours = subset_metrics(ours_i2t[image_queries], ours_t2i[caption_queries])
-    print(f"check on identical sims: {np.sum(same_i2t != ours_i2t[image_queries])} i2t and "
-          f"{np.sum(same_t2i != ours_t2i[caption_queries])} t2i rank mismatches; subset metrics "
-          f"{'identical' if subset_naive == subset_ours else 'DIFFER'}: {subset_ours}")
-    # Check 2: the timed loop's own numpy dot products round differently from torch's matmul.
-    i2t_gap = np.abs(naive_i2t - ours_i2t[image_queries])
-    t2i_gap = np.abs(naive_t2i - ours_t2i[caption_queries])
-    print(f"check on the timed loop's own dot products: {np.sum(i2t_gap > 0)} i2t and {np.sum(t2i_gap > 0)} t2i "
-          f"ranks differ, by at most {max(i2t_gap.max(), t2i_gap.max())} (float32 rounding of near-equal scores)")
-
-
-def subset_metrics(i2t: np.ndarray, t2i: np.ndarray) -> dict[str, float]:
-    return {**summarise_ranks(i2t, ks=(1, 5, 10), prefix="i2t"), **summarise_ranks(t2i, ks=(1, 5, 10), prefix="t2i")}
+          f"numpy {np.__version__}, {os.cpu_count()} CPUs")
+    parts = set(args.parts.split(","))
+    if "a" in parts:
+        bench_eval_5k(args.rounds)
+    if "b" in parts:
+        bench_eval_20k()
+    if "c" in parts:
+        bench_search(max(3, args.rounds - 2))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Recall@K, median rank and mean rank for image-caption retrieval: vectorised, chunked, pure."""
+"""Recall@K, median rank and mean rank for image-caption retrieval: pure, from a matrix or from embeddings."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from eval.rank import (DEFAULT_CAPTION_BLOCK, DEFAULT_IMAGE_BLOCK, Counter, SimFn, check_block, check_block_nan,
+                       retrieval_ranks, validate_caption_image_index)
+
 logger = logging.getLogger(__name__)
 
+__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_KS", "ranks_i2t", "ranks_t2i", "recall_metrics",
+           "recall_metrics_from_embeddings", "summarise_ranks", "validate_caption_image_index"]
+
 DEFAULT_KS = (1, 5, 10)
-DEFAULT_CHUNK_SIZE = 1000  # image rows per step: peak extra memory ~ chunk_size x num_captions x 5 bytes
+DEFAULT_CHUNK_SIZE = DEFAULT_IMAGE_BLOCK  # image rows per block; a matrix block is chunk_size x num_captions
 
 Matrix = torch.Tensor | np.ndarray
 
@@ -34,96 +40,47 @@ def _check_sims(sims: Matrix) -> tuple[int, int]:
     return num_images, num_captions
 
 
-def validate_caption_image_index(
-    caption_image_index: Matrix | Sequence[int], num_images: int, num_captions: int
-) -> np.ndarray:
-    """The caption -> image index as int64 numpy [num_captions]; ValueError unless every value lies in
-    [0, num_images) and every image has >= 1 caption."""
-    if isinstance(caption_image_index, torch.Tensor):
-        caption_image_index = caption_image_index.detach().cpu().numpy()
-    index = np.asarray(caption_image_index)
-    if index.ndim != 1:
-        raise ValueError(f"caption_image_index must be 1-D [num_captions], got shape {index.shape}")
-    if not np.issubdtype(index.dtype, np.integer):
-        raise ValueError(f"caption_image_index must have an integer dtype, got {index.dtype}")
-    if len(index) != num_captions:
-        raise ValueError(
-            f"caption_image_index has {len(index)} entries but there are {num_captions} captions"
-        )
-    low, high = int(index.min()), int(index.max())
-    if low < 0 or high >= num_images:
-        raise ValueError(
-            f"caption_image_index values must lie in [0, {num_images}) (there are {num_images} images), "
-            f"got min {low} and max {high}"
-        )
-    index = index.astype(np.int64, copy=False)
-    captions_per_image = np.bincount(index, minlength=num_images)
-    uncaptioned = np.flatnonzero(captions_per_image == 0)
-    if len(uncaptioned):
-        raise ValueError(
-            f"{len(uncaptioned)} image(s) have no caption, e.g. rows {uncaptioned[:5].tolist()}: "
-            "every image needs >= 1 caption (drop those images or add their captions)"
-        )
-    return index
+def _zero_based_ranks(sims: Matrix, caption_image_index: Matrix | Sequence[int], *,
+                      chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """0-based (i2t [N], t2i [M]) ranks of a precomputed matrix under the pessimistic tie policy.
 
-
-def _check_positive_int(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _rows_float32(sims: Matrix, start: int, end: int) -> np.ndarray:
-    """Rows [start, end) of sims as float32 numpy [end - start, num_captions] (copied off a GPU if needed)."""
-    if isinstance(sims, torch.Tensor):
-        return sims[start:end].detach().float().cpu().numpy()
-    return np.asarray(sims[start:end], dtype=np.float32)
-
-
-def _positive_scores(sims: Matrix, index: np.ndarray) -> np.ndarray:
-    """s[index[c], c] for every caption c, float32 numpy [num_captions]."""
-    columns = np.arange(len(index))
-    if isinstance(sims, torch.Tensor):
-        rows_t, columns_t = torch.from_numpy(index).to(sims.device), torch.from_numpy(columns).to(sims.device)
-        return sims.detach()[rows_t, columns_t].float().cpu().numpy()
-    return np.asarray(sims[index, columns], dtype=np.float32)
-
-
-def _zero_based_ranks(
-    sims: Matrix, caption_image_index: Matrix | Sequence[int], *, chunk_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """0-based (i2t ranks [num_images], t2i ranks [num_captions]) under the pessimistic tie policy.
-
-    With s the sims, P(i) = {c : index[c] = i} the captions of image i and N(i) its negatives:
-      t2i: rank0(c) = #{i' != index[c] : s[i', c] >= s[index[c], c]}
-      i2t: rank0(i) = min_{p in P(i)} #{c in N(i) : s[i, c] >= s[i, p]} = #{c in N(i) : s[i, c] >= b_i},
-           b_i = max_{p in P(i)} s[i, p]  (the count is non-increasing in the threshold, so the min is at
-           the best positive; other positives never push it down).
-    One pass over row chunks: #{c : s[i, c] >= b_i} counts every caption, and we subtract the positives
-    that reach b_i (those tied with it), which avoids building a [chunk, num_captions] positive mask.
-    Counting runs in numpy: its bool count_nonzero is ~4x faster than torch's bool sum on CPU.
+    With P(i) = {c : index[c] = i}, b_i = max_{p in P(i)} s[i, p] and N(i) the other captions:
+      i2t: rank0(i) = #{c in N(i) : s[i, c] >= b_i}
+      t2i: rank0(c) = #{i != index[c] : s[i, c] >= s[index[c], c]}
+    The matrix is already there, so there is no diagonal pass (eval.rank.rank_counts needs one to score each
+    pair once): the positives are read from sims, then row chunks are counted by eval.rank.Counter (the
+    engine's counting: >= the thresholds, positive entries excluded by index, read from the same float32
+    values) over whole rows in the captions' own order, so nothing is gathered.
     """
     num_images, num_captions = _check_sims(sims)
     index = validate_caption_image_index(caption_image_index, num_images, num_captions)
-    _check_positive_int(chunk_size, "chunk_size")
-
-    positive = _positive_scores(sims, index)  # [M] s[index[c], c]
-    best = np.full(num_images, -np.inf, dtype=np.float32)
-    np.maximum.at(best, index, positive)  # [N] b_i (every image has >= 1 caption)
-    positives_at_best = np.bincount(index, weights=positive >= best[index], minlength=num_images).astype(np.int64)
-
-    i2t_at_or_above = np.empty(num_images, dtype=np.int64)
-    t2i_at_or_above = np.zeros(num_captions, dtype=np.int64)
+    chunk_size = check_block(chunk_size, "chunk_size")
+    check_block(num_captions, "the number of captions of a matrix")  # a row count is one float32 sum
+    device = sims.device if isinstance(sims, torch.Tensor) else torch.device("cpu")
+    columns = np.arange(num_captions)
+    if isinstance(sims, torch.Tensor):
+        positive = sims.detach()[torch.from_numpy(index).to(device), torch.from_numpy(columns).to(device)].float()
+    else:
+        positive = torch.from_numpy(np.asarray(sims[index, columns], dtype=np.float32))
+    index_t = torch.from_numpy(index).to(device)
+    best = torch.full((num_images,), -torch.inf, device=device).scatter_reduce_(0, index_t, positive, reduce="amax")
+    order = np.argsort(index, kind="stable")  # captions grouped by image: those of rows a..b-1 are one range
+    starts = np.concatenate([[0], np.cumsum(np.bincount(index, minlength=num_images))])
+    counter = Counter(device=device, max_side=max(chunk_size, num_captions))
+    i2t = torch.empty(num_images, dtype=torch.int64, device=device)
+    t2i = torch.zeros(num_captions, dtype=torch.int64, device=device)
     for start in range(0, num_images, chunk_size):
         end = min(start + chunk_size, num_images)
-        rows = _rows_float32(sims, start, end)  # [end - start, M]
-        if np.isnan(rows.max()):  # max propagates NaN, and costs less than isnan().any()
-            raise ValueError(f"sims contains NaN in image rows {start}..{end - 1}: fix the model or embeddings")
-        i2t_at_or_above[start:end] = np.count_nonzero(rows >= best[start:end, None], axis=1)
-        t2i_at_or_above += np.count_nonzero(rows >= positive[None, :], axis=0)
-
-    i2t = i2t_at_or_above - positives_at_best
-    t2i = t2i_at_or_above - 1  # the positive image itself was counted once (s >= s)
-    return i2t, t2i
+        if isinstance(sims, torch.Tensor):
+            block = sims.detach()[start:end].float()
+        else:
+            rows = np.asarray(sims[start:end], dtype=np.float32)
+            block = torch.from_numpy(rows) if rows.flags.writeable else torch.tensor(rows)
+        check_block_nan(block, f"sims contains NaN in image rows {start}..{end - 1}")
+        own = torch.from_numpy(order[starts[start]:starts[end]]).to(device)  # the positives of these rows
+        i2t[start:end], counts = counter.count(block, best[start:end], positive, (index_t[own] - start, own))
+        t2i += counts
+    return i2t.cpu().numpy(), t2i.cpu().numpy()
 
 
 def ranks_i2t(
@@ -145,6 +102,11 @@ def ranks_t2i(
     rank(c) = 1 + #{images i != index[c] : s[i, c] >= s[index[c], c]} (ties count against the query).
     """
     return _zero_based_ranks(sims, caption_image_index, chunk_size=chunk_size)[1] + 1
+
+
+def _check_positive_int(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
@@ -195,10 +157,38 @@ def recall_metrics(
     Keys: i2t_r{k} for k in ks, i2t_medr, i2t_meanr, the same for t2i, and rsum = sum of every R@K of both
     directions (R@K in percent, so rsum <= 600 for ks = (1, 5, 10)). medr/meanr: see summarise_ranks.
     Runs over chunk_size image rows at a time (memory ~ chunk_size x num_captions), no sorting.
+    recall_metrics_from_embeddings gives the same values without the matrix.
     """
     ks = _check_ks(ks)
     i2t0, t2i0 = _zero_based_ranks(sims, caption_image_index, chunk_size=chunk_size)
-    metrics = summarise_ranks(i2t0 + 1, ks=ks, prefix="i2t")
-    metrics.update(summarise_ranks(t2i0 + 1, ks=ks, prefix="t2i"))
+    return metrics_from_ranks(i2t0 + 1, t2i0 + 1, ks=ks)
+
+
+def recall_metrics_from_embeddings(
+    image_emb: Matrix,
+    caption_emb: Matrix,
+    caption_image_index: Matrix | Sequence[int],
+    *,
+    sim_fn: SimFn | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    image_block: int = DEFAULT_IMAGE_BLOCK,
+    caption_block: int = DEFAULT_CAPTION_BLOCK,
+) -> dict[str, float]:
+    """recall_metrics(sim_fn(image_emb, caption_emb), caption_image_index, ks=ks) without the [N, M] matrix.
+
+    image_emb [N, D], caption_emb [M, D] (any float dtype, scored in float32 on their device); sim_fn(image
+    rows, caption rows) -> [n, m] defaults to the dot product. Ranks by eval.rank.retrieval_ranks in blocks of
+    image_block x caption_block (lower them for a sim_fn whose temporaries grow with n x m x D).
+    """
+    ks = _check_ks(ks)
+    i2t, t2i = retrieval_ranks(image_emb, caption_emb, caption_image_index, sim_fn=sim_fn,
+                               image_block=image_block, caption_block=caption_block)
+    return metrics_from_ranks(i2t.cpu().numpy(), t2i.cpu().numpy(), ks=ks)
+
+
+def metrics_from_ranks(i2t: np.ndarray, t2i: np.ndarray, *, ks: Sequence[int]) -> dict[str, float]:
+    """The recall_metrics dict of 1-based i2t ranks [N] and t2i ranks [M]."""
+    metrics = summarise_ranks(i2t, ks=ks, prefix="i2t")
+    metrics.update(summarise_ranks(t2i, ks=ks, prefix="t2i"))
     metrics["rsum"] = sum(metrics[f"{direction}_r{k}"] for direction in ("i2t", "t2i") for k in ks)
     return metrics

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from eval.metrics import DEFAULT_CHUNK_SIZE, DEFAULT_KS, recall_metrics, validate_caption_image_index
+from eval.metrics import DEFAULT_CHUNK_SIZE, DEFAULT_KS, recall_metrics_from_embeddings, validate_caption_image_index
+from eval.rank import SimFn, as_embeddings, dot_sim
 
 logger = logging.getLogger(__name__)
 
@@ -21,27 +22,6 @@ COCO_FOLD_IMAGES = 1000
 F30K_TEST_IMAGES = 1000
 
 Embeddings = torch.Tensor | np.ndarray
-SimFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def dot_sim(image_emb: torch.Tensor, caption_emb: torch.Tensor) -> torch.Tensor:
-    """s = image_emb @ caption_emb.T, [B, D] x [M, D] -> [B, M]; the cosine for L2-normalised embeddings."""
-    return image_emb @ caption_emb.T
-
-
-def _as_float32(emb: Embeddings, name: str) -> torch.Tensor:
-    """A 2-D non-empty float32 tensor (numpy, incl. read-only memmaps, is copied)."""
-    if isinstance(emb, torch.Tensor):
-        tensor = emb.detach()
-    elif isinstance(emb, np.ndarray):
-        tensor = torch.tensor(np.asarray(emb))
-    else:
-        raise ValueError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(emb).__name__}")
-    if not tensor.is_floating_point():
-        raise ValueError(f"{name} must have a floating dtype, got {tensor.dtype}")
-    if tensor.ndim != 2 or tensor.shape[0] == 0:
-        raise ValueError(f"{name} must be 2-D [count, dim] with count >= 1, got shape {tuple(tensor.shape)}")
-    return tensor.float()
 
 
 def similarity_matrix(
@@ -105,9 +85,11 @@ def evaluate_protocol(
     of recall_metrics, the mean over folds (coco-1k: over its 5 folds of 1000 images, as the reference
     VSE++ evaluation; medr is averaged too), plus "protocol", "num_images", "num_captions", "num_folds"
     and "folds" (the per-fold metric dicts; a single fold for coco-5k, f30k-1k and all-images).
+    The [N, M] matrix is never held: recall_metrics_from_embeddings ranks each fold by blocks of chunk_size
+    images x eval.rank.DEFAULT_CAPTION_BLOCK captions (a sim_fn with [n, m, D] temporaries must bound them).
     """
-    image_t = _as_float32(image_emb, "image_emb")
-    caption_t = _as_float32(caption_emb, "caption_emb")
+    image_t = as_embeddings(image_emb, "image_emb")
+    caption_t = as_embeddings(caption_emb, "caption_emb")
     num_images, num_captions = image_t.shape[0], caption_t.shape[0]
     folds = fold_bounds(protocol, num_images)
     if sim_fn is None and image_t.shape[1] != caption_t.shape[1]:
@@ -121,8 +103,8 @@ def evaluate_protocol(
     for start, end in folds:
         in_fold = (index >= start) & (index < end)  # captions of this fold's images, wherever they are
         fold_captions = caption_t if in_fold.all() else caption_t[torch.from_numpy(in_fold).to(caption_t.device)]
-        sims = similarity_matrix(image_t[start:end], fold_captions, sim_fn=sim_fn, chunk_size=chunk_size)
-        fold_metrics.append(recall_metrics(sims, index[in_fold] - start, ks=ks, chunk_size=chunk_size))
+        fold_metrics.append(recall_metrics_from_embeddings(image_t[start:end], fold_captions, index[in_fold] - start,
+                                                           sim_fn=sim_fn, ks=ks, image_block=chunk_size))
         logger.info("%s fold images %d..%d: rsum %.2f", protocol, start, end - 1, fold_metrics[-1]["rsum"])
 
     results: dict = {key: float(np.mean([fold[key] for fold in fold_metrics])) for key in fold_metrics[0]}

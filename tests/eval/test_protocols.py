@@ -10,6 +10,7 @@ import torch
 
 from eval.metrics import recall_metrics
 from eval.protocols import PROTOCOLS, evaluate_protocol, format_table, similarity_matrix
+from eval.rank import DEFAULT_CAPTION_BLOCK
 
 
 def unit_rows(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
@@ -65,6 +66,24 @@ def test_custom_sim_fn_is_applied_in_chunks(rng, make_index):
     expected = recall_metrics(sims, index)
     assert {key: results[key] for key in expected} == pytest.approx(expected)
     assert expected != recall_metrics(image_emb @ caption_emb.T, index)  # the sim_fn really was used
+
+
+def test_evaluate_protocol_never_scores_more_than_a_block(rng, make_index):
+    shapes = []
+
+    def recording_dot(image_emb: torch.Tensor, caption_emb: torch.Tensor) -> torch.Tensor:
+        shapes.append((image_emb.shape[0], caption_emb.shape[0]))
+        return image_emb @ caption_emb.T
+
+    index = make_index(list(rng.integers(1, 6, size=300)))
+    image_emb = unit_rows(rng, 300, 8)
+    caption_emb = noisy_captions(rng, image_emb, index, noise=0.5)
+    results = evaluate_protocol(image_emb, caption_emb, index, protocol="all-images", sim_fn=recording_dot,
+                                chunk_size=64)
+    assert max(rows for rows, _ in shapes) <= 64 and max(cols for _, cols in shapes) <= DEFAULT_CAPTION_BLOCK
+    assert sum(rows * cols for rows, cols in shapes) == 300 * len(index)  # every pair scored once
+    expected = recall_metrics(image_emb @ caption_emb.T, index)
+    assert {key: results[key] for key in expected} == expected
 
 
 def test_similarity_matrix_rejects_a_sim_fn_of_the_wrong_shape(rng):
