@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from eval.metrics import ranks_i2t, ranks_t2i  # noqa: E402
 from eval.protocols import evaluate_protocol  # noqa: E402
-from eval.rank import retrieval_ranks, topk  # noqa: E402
+from eval.rank import retrieval_ranks  # noqa: E402
+from eval.topk import topk  # noqa: E402
 
 DIM = 1024
 

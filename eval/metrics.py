@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from eval.rank import (DEFAULT_CAPTION_BLOCK, DEFAULT_IMAGE_BLOCK, Counter, SimFn, check_block, check_block_nan,
-                       retrieval_ranks, validate_caption_image_index)
+from eval.blocks import (DEFAULT_CAPTION_BLOCK, DEFAULT_IMAGE_BLOCK, Counter, SimFn, check_block, check_block_nan,
+                         validate_caption_image_index)
+from eval.rank import retrieval_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def _zero_based_ranks(sims: Matrix, caption_image_index: Matrix | Sequence[int],
       i2t: rank0(i) = #{c in N(i) : s[i, c] >= b_i}
       t2i: rank0(c) = #{i != index[c] : s[i, c] >= s[index[c], c]}
     The matrix is already there, so there is no diagonal pass (eval.rank.rank_counts needs one to score each
-    pair once): the positives are read from sims, then row chunks are counted by eval.rank.Counter (the
+    pair once): the positives are read from sims, then row chunks are counted by eval.blocks.Counter (the
     engine's counting: >= the thresholds, positive entries excluded by index, read from the same float32
     values) over whole rows in the captions' own order, so nothing is gathered.
     """

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from eval.blocks import SimFn, as_embeddings, dot_sim
 from eval.metrics import DEFAULT_CHUNK_SIZE, DEFAULT_KS, recall_metrics_from_embeddings, validate_caption_image_index
-from eval.rank import SimFn, as_embeddings, dot_sim
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def evaluate_protocol(
     VSE++ evaluation; medr is averaged too), plus "protocol", "num_images", "num_captions", "num_folds"
     and "folds" (the per-fold metric dicts; a single fold for coco-5k, f30k-1k and all-images).
     The [N, M] matrix is never held: recall_metrics_from_embeddings ranks each fold by blocks of chunk_size
-    images x eval.rank.DEFAULT_CAPTION_BLOCK captions (a sim_fn with [n, m, D] temporaries must bound them).
+    images x eval.blocks.DEFAULT_CAPTION_BLOCK captions (a sim_fn with [n, m, D] temporaries must bound them).
     """
     image_t = as_embeddings(image_emb, "image_emb")
     caption_t = as_embeddings(caption_emb, "caption_emb")

@@ -10,7 +10,7 @@ import torch
 
 from eval.metrics import recall_metrics
 from eval.protocols import PROTOCOLS, evaluate_protocol, format_table, similarity_matrix
-from eval.rank import DEFAULT_CAPTION_BLOCK
+from eval.blocks import DEFAULT_CAPTION_BLOCK
 
 
 def unit_rows(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:

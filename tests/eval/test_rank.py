@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from eval.metrics import ranks_i2t, ranks_t2i, recall_metrics, recall_metrics_from_embeddings
-from eval.rank import positive_ranks, retrieval_ranks, swap_sim, topk
+from eval.blocks import swap_sim
+from eval.rank import positive_ranks, retrieval_ranks
+from eval.topk import topk
 
 
 def brute_force_ranks(sims: np.ndarray, index: np.ndarray) -> tuple[list[int], list[int]]:
