@@ -256,8 +256,8 @@ def _run_chain(ctx: click.Context, steps: list[tuple[str, dict]], config_file: s
                 context.barrier()  # the next stage may read what rank 0 just wrote
         except (ValueError, FileNotFoundError) as err:
             _fail(ctx, f"error: {err}", 2)
-        except KeyboardInterrupt:
-            _fail(ctx, "interrupted: rerun the same command to resume", 130)
+        except KeyboardInterrupt as interrupt:  # train/finetune say how to resume; extract resumes as it is
+            _fail(ctx, f"interrupted: {interrupt or 'rerun the same command to resume'}", 130)
         except ExtractFailures as err:  # --strict and some images could not be read
             _fail(ctx, f"error: {err}", 1)
 

@@ -31,6 +31,10 @@ CONFIG_ATTRS = (
     "resize", "crop", "mean", "std", "crops", "dtype",
 )
 
+# Root attributes that say which CNN made a store's features: a head trained on one store fits another store's
+# features only if these agree (train --resume, finetune and eval check them against the checkpoint).
+CNN_ATTRS = ("backbone", "layer", "weights_name", "weights_sha256", "weights_seed", "resize", "crop", "mean", "std")
+
 # Every root attribute a store carries (CONFIG_ATTRS included). The writer fills schema_version,
 # crops, dtype, feature_dim itself and, when absent, created, h5py_version and shard.
 ROOT_ATTRS = CONFIG_ATTRS + (

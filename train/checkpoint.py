@@ -16,8 +16,11 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # bump when the keys below change incompatibly
 CHECKPOINT_KINDS = ("train", "finetune")
-REQUIRED_KEYS = ("format_version", "kind", "model", "loss", "optimizer", "scaler", "epoch", "step", "step_in_epoch",
-                 "best_rsum", "rng", "vocab", "config", "model_spec")
+# Where the run is: the next step starts at (epoch, step_in_epoch), `step` steps are done, the best validation
+# rsum was reached at (best_epoch, best_step), and the last validation ran after `validated_step` steps.
+PROGRESS_KEYS = ("epoch", "step", "step_in_epoch", "best_rsum", "best_epoch", "best_step", "validated_step")
+REQUIRED_KEYS = ("format_version", "kind", "model", "loss", "optimizer", "scaler", *PROGRESS_KEYS, "rng", "vocab",
+                 "config", "model_spec")
 
 
 def capture_rng_state() -> dict:
@@ -47,14 +50,15 @@ def restore_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: str | Path, *, model: nn.Module, loss: nn.Module, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler | None, kind: str, epoch: int, step: int, step_in_epoch: int,
-                    best_rsum: float, vocab: dict, config: dict, model_spec: dict) -> None:
+                    scaler: torch.amp.GradScaler | None, kind: str, progress: dict, vocab: dict, config: dict,
+                    model_spec: dict) -> None:
     """Write everything that determines the next step to `path`, atomically and durably.
 
-    `epoch`/`step_in_epoch` say where the next step starts; `step` counts steps done. `loss` is the loss
-    module (its state: InfoNCE's temperature). `vocab` and `config` are plain dicts (Vocabulary.to_dict,
-    TrainConfig.to_dict); `model_spec` holds what rebuilding the model needs beyond the config (vocab_size,
-    feature_dim). A crash never leaves a truncated checkpoint (common.files.atomic_write).
+    `progress` holds the PROGRESS_KEYS (where the next step starts, steps done, the best validation and the
+    last one), stored as top-level keys. `loss` is the loss module (its state: InfoNCE's temperature).
+    `vocab` and `config` are plain dicts (Vocabulary.to_dict, TrainConfig.to_dict); `model_spec` holds what
+    rebuilding the model needs beyond the config (vocab_size, feature_dim, the store's CNN provenance).
+    A crash never leaves a truncated checkpoint (common.files.atomic_write).
     """
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"checkpoint kind {kind!r} is not one of {CHECKPOINT_KINDS}")
@@ -63,7 +67,7 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, loss: nn.Module, opti
     payload = {
         "format_version": FORMAT_VERSION, "kind": kind, "model": model.state_dict(), "loss": loss.state_dict(),
         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-        "epoch": int(epoch), "step": int(step), "step_in_epoch": int(step_in_epoch), "best_rsum": float(best_rsum),
+        **{key: progress[key] for key in PROGRESS_KEYS},
         "rng": capture_rng_state(), "vocab": vocab, "config": config, "model_spec": model_spec,
     }
     atomic_write(path, lambda handle: torch.save(payload, handle), durable=True)
@@ -119,3 +123,17 @@ def restore_training_state(checkpoint: dict, *, model: nn.Module, loss: nn.Modul
     if scaler is not None:
         scaler.load_state_dict(checkpoint["scaler"])
     restore_rng_state(checkpoint["rng"])
+
+
+def check_store_provenance(model_spec: dict, store: object, *, source: str) -> None:
+    """The store's features must come from the CNN the checkpoint's head was trained on (ValueError otherwise).
+
+    model_spec["store_cnn"] holds the training store's CNN_ATTRS (backbone, layer, weights and their sha256 or
+    seed, preprocessing); `store` is a features.reader.FeatureStore.
+    """
+    expected = model_spec["store_cnn"]
+    differing = {key: (value, store.attrs.get(key)) for key, value in expected.items() if store.attrs.get(key) != value}
+    if differing:
+        details = "; ".join(f"{key}: trained on {old!r}, store has {new!r}" for key, (old, new) in differing.items())
+        raise ValueError(f"{store.path} was extracted with another CNN than the features {source} was trained on "
+                         f"({details}); use a store extracted with the same backbone and weights")

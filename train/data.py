@@ -93,6 +93,15 @@ class RankShare:
                              f"{self.world_size} captions for the last batch")
 
 
+def check_finite(features: np.ndarray, image_rows: np.ndarray, *, store: object, kind: str) -> None:
+    """ValueError naming the store rows whose features hold NaN or inf (they would turn the loss into NaN)."""
+    finite = np.isfinite(features.reshape(len(features), -1)).all(axis=1)
+    if not finite.all():
+        bad = np.unique(image_rows[~finite])
+        raise ValueError(f"{getattr(store, 'path', 'the store')}: features/{kind} of image rows {bad[:10].tolist()} "
+                         f"hold NaN or inf; re-extract those images (or the store) before training")
+
+
 def _keep_batch(batch: "Batch") -> "Batch":
     return batch  # batches are built whole by the batch source; a picklable no-op collate for workers
 
@@ -201,6 +210,7 @@ class CaptionBatches(torch.utils.data.Dataset):
         image_rows = self.caption_image_rows[positions]
         features = read_image_features(self.store.feature_rows(self.kind), image_rows,
                                        feature_mode=self.feature_mode, crop_indices=crops)
+        check_finite(features, image_rows, store=self.store, kind=self.kind)
         tokens, lengths = pad_token_ids([self.token_ids[position] for position in positions])
         return Batch(tokens=tokens, lengths=lengths, images=torch.from_numpy(features),
                      image_ids=torch.from_numpy(image_rows.astype(np.int64)),

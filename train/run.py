@@ -10,7 +10,8 @@ import torch
 from common import distributed
 from common.device import resolve_device
 from features.reader import FeatureStore
-from train.checkpoint import load_checkpoint
+from features.schema import CNN_ATTRS
+from train.checkpoint import check_store_provenance, load_checkpoint
 from train.config import TrainConfig
 from train.data import CaptionBatches, RankShare, store_kind
 from train.losses import build_loss
@@ -54,6 +55,12 @@ def check_store(cfg: TrainConfig, store: FeatureStore) -> None:
                              "names (--train-splits / --val-split) and the extraction")
 
 
+def model_spec(store: FeatureStore, *, vocab_size: int) -> dict:
+    """What rebuilding the model needs beyond its config, and the CNN the store's features came from."""
+    return {"vocab_size": vocab_size, "feature_dim": store.feature_dim,
+            "store_cnn": {key: store.attrs.get(key) for key in CNN_ATTRS}}
+
+
 def run_summary(summary: dict, out_dir: Path) -> dict:
     """The trainer's summary plus the paths of the run folder's files."""
     return {**summary, "out_dir": str(out_dir), "config": str(out_dir / CONFIG_FILE),
@@ -72,6 +79,8 @@ def run_train(cfg: TrainConfig) -> dict:
     context = distributed.current()
     with FeatureStore(cfg.store) as store:
         check_store(cfg, store)
+        if checkpoint is not None:
+            check_store_provenance(checkpoint["model_spec"], store, source=f"--resume {cfg.resume}")
         check_run_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)  # every rank, before the slow part
         if checkpoint is not None:
             vocab = Vocabulary.from_dict(checkpoint["vocab"])
@@ -91,7 +100,7 @@ def run_train(cfg: TrainConfig) -> dict:
                     cfg.margin_source, device, context.world_size)
         trainer = Trainer(model, loss, config=cfg, batches=batches, out_dir=out_dir, vocab=vocab,
                           validate=store_validator(store, config=cfg, vocab=vocab, device=device),
-                          model_spec={"vocab_size": len(vocab), "feature_dim": store.feature_dim}, device=device)
+                          model_spec=model_spec(store, vocab_size=len(vocab)), device=device)
         if checkpoint is not None:
             trainer.resume(cfg.resume, checkpoint=checkpoint)
         summary = trainer.fit()

@@ -30,8 +30,9 @@ def check_run_dir(out_dir: Path, *, resume: str, overwrite: bool) -> None:
         return
     existing = [name for name in (LAST, BEST) if (out_dir / name).exists()]
     if existing and not overwrite:
-        raise ValueError(f"{out_dir} already holds a run ({', '.join(existing)}); pass --resume "
-                         f"{out_dir / LAST} to continue it, --overwrite to replace it, or another --out-dir")
+        resumable = out_dir / (LAST if LAST in existing else BEST)  # best.pt alone: stopped in the first last.pt save
+        raise ValueError(f"{out_dir} already holds a run ({', '.join(existing)}); pass --resume {resumable} to "
+                         "continue it, --overwrite to replace it, or another --out-dir")
 
 
 def prepare_run_dir(out_dir: Path, *, resume: str, overwrite: bool) -> None:
@@ -39,6 +40,7 @@ def prepare_run_dir(out_dir: Path, *, resume: str, overwrite: bool) -> None:
     (allowed by `overwrite`), so the folder never mixes two runs. A resume keeps everything."""
     check_run_dir(out_dir, resume=resume, overwrite=overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
     if resume:
         return
     for name in (LAST, BEST, METRICS_FILE):
@@ -60,3 +62,13 @@ def check_resume_config(cfg: Any, saved: dict, path: str, *,
         details = ", ".join(f"{name}: {getattr(saved_cfg, name)!r} -> {getattr(cfg, name)!r}" for name in differing)
         raise ValueError(f"--resume {path}: options differ from the checkpoint's ({details}); resume with the "
                          "same options or start a new run without --resume")
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete the temporary files a crash left while writing this run's files (`last.pt.<random>.tmp`, written
+    by common.files.atomic_write, up to a checkpoint's size each); return them."""
+    stale = sorted(path for name in (LAST, BEST, CONFIG_FILE, VOCAB_FILE) for path in out_dir.glob(f"{name}.*.tmp"))
+    for path in stale:
+        logger.warning("removing %s, left by an interrupted write", path)
+        path.unlink(missing_ok=True)
+    return stale

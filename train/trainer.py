@@ -8,38 +8,31 @@ of features); validation is any callable model -> metrics dict holding "rsum".
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from common import distributed
 from common.device import AMP_DTYPES
 from eval.metrics import recall_metrics
 from train import schedule
-from train.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
+from train.checkpoint import PROGRESS_KEYS, load_checkpoint, restore_training_state, save_checkpoint
 from train.config import LR_DECAY_FACTOR, TrainConfig
 from train.data import Batch
 from train.encode import encode_split, similarity_matrix
-from train.losses import LossOutput, VSELoss
+from train.losses import VSELoss
 from train.model import VSEModel
+from train.progress import MetricsLog, ProgressReport, deferred_interrupt
 from train.run_dir import BEST, LAST, METRICS_FILE
+from train.step import TrainingStep, distributed_step
 from train.text import Vocabulary
 
 logger = logging.getLogger(__name__)
-
-RUNNING_LOSS_DECAY = 0.9  # exponential moving average of the loss shown on the progress bar
 
 
 class BatchSource(Protocol):
@@ -48,6 +41,15 @@ class BatchSource(Protocol):
     steps_per_epoch: int
 
     def epoch_batches(self, epoch: int, *, start_step: int = 0, workers: int = 0) -> Iterator[Batch]: ...
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after last.pt was saved; says how to continue."""
+
+    def __init__(self, last: Path, *, resumed_from: str) -> None:
+        how = ("rerun the same command" if resumed_from and Path(resumed_from).resolve() == last.resolve()
+               else f"continue with the same command plus --resume {last}")
+        super().__init__(f"training state saved to {last}; {how}")
 
 
 def store_validator(store: object, *, config: TrainConfig, vocab: Vocabulary,
@@ -62,64 +64,11 @@ def store_validator(store: object, *, config: TrainConfig, vocab: Vocabulary,
     return validate
 
 
-@contextlib.contextmanager
-def deferred_interrupt() -> Iterator[dict]:
-    """Turn the first Ctrl-C into a flag checked at step boundaries (a second one interrupts at once)."""
-    state = {"requested": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield state  # signal handlers can only be installed from the main thread
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: object) -> None:
-        if state["requested"]:
-            raise KeyboardInterrupt
-        state["requested"] = True
-        logger.warning("interrupt requested: saving last.pt after the current step (Ctrl-C again to abort now)")
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield state
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-class TrainingStep(nn.Module):
-    """Model and loss as one module: batch -> LossOutput (what DistributedDataParallel wraps)."""
-
-    def __init__(self, model: VSEModel, loss: VSELoss, *, autocast_dtype: torch.dtype | None) -> None:
-        super().__init__()
-        self.model, self.loss, self.autocast_dtype = model, loss, autocast_dtype
-
-    def forward(self, batch: Batch, *, epoch: int, step: int) -> LossOutput:
-        device_type = batch.images.device.type
-        with torch.autocast(device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            image_emb, caption_emb = self.model(batch.images, batch.tokens, batch.lengths)
-        return self.loss(image_emb.float(), caption_emb.float(), batch.image_ids, caption_ids=batch.caption_rows,
-                         epoch=epoch, step=step)
-
-
-def _sum_gradients(state, bucket):  # no annotations: DDP checks them, and this module's are strings
-    """DDP comm hook: sum the ranks' gradients. Each rank's loss holds its share of the global batch's loss
-    (train/losses/global_batch.py), so the shares' gradients add up to the single-process gradient."""
-    work = torch.distributed.all_reduce(bucket.buffer(), async_op=True)
-    return work.get_future().then(lambda future: future.value()[0])
-
-
-def distributed_step(step: TrainingStep, device: torch.device) -> nn.Module:
-    """`step` wrapped in DistributedDataParallel (gradients summed, not averaged) when several ranks train."""
-    if not distributed.current().enabled:
-        return step
-    wrapped = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
-    wrapped.register_comm_hook(None, _sum_gradients)
-    return wrapped
-
-
 class Trainer:
     """Runs epochs of steps on `batches`, validates, keeps last.pt/best.pt, resumes exactly.
 
     Under torch.distributed every rank runs the same loop on its share of each global batch; rank 0 alone
-    validates (the result reaches every rank), writes checkpoints, metrics and the progress bar.
+    validates (the result reaches every rank), writes checkpoints, metrics and the progress report.
     """
 
     def __init__(self, model: VSEModel, loss: VSELoss, *, config: TrainConfig, batches: BatchSource,
@@ -149,17 +98,19 @@ class Trainer:
         self.step_module = distributed_step(
             TrainingStep(self.model, self.loss, autocast_dtype=AMP_DTYPES.get(config.amp) if use_amp else None),
             self.device)
-        self.epoch, self.step, self.step_in_epoch = 0, 0, 0  # where the next step starts; steps done
-        self.best_rsum = -math.inf
-        self._validated_step = -1
-        self._running_loss: float | None = None
+        self.metrics = MetricsLog(self.out_dir / METRICS_FILE, enabled=self.dist.is_main)
+        # where the next step starts; steps done; the best validation so far; the last validation's step
+        self.epoch, self.step, self.step_in_epoch = 0, 0, 0
+        self.best_rsum, self.best_epoch, self.best_step = -math.inf, -1, -1
+        self.validated_step = -1
 
     # -- state ---------------------------------------------------------------------------------
     def resume(self, path: str | Path, *, checkpoint: dict | None = None) -> None:
         """Restore everything from the checkpoint at `path` (missing file -> FileNotFoundError).
 
         Pass `checkpoint` when the caller has already loaded that file (to check its config), so it is not
-        read twice; tensors may be on the CPU, load_state_dict moves them to the model's device.
+        read twice; tensors may be on the CPU, load_state_dict moves them to the model's device. Lines that
+        metrics.jsonl gained after this checkpoint are dropped: the resumed run writes them again.
         """
         if checkpoint is None:
             checkpoint = load_checkpoint(path, map_location=self.device, expected_kind=self.kind)
@@ -167,10 +118,12 @@ class Trainer:
             raise ValueError(f"{path} is a {checkpoint['kind']!r} checkpoint, expected {self.kind!r}")
         restore_training_state(checkpoint, model=self.model, loss=self.loss, optimizer=self.optimizer,
                                scaler=self.scaler)
-        self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
-        self.step_in_epoch, self.best_rsum = checkpoint["step_in_epoch"], checkpoint["best_rsum"]
-        logger.info("resumed from %s at epoch %d, step %d (%d into the epoch), best rsum %.2f", path,
-                    self.epoch, self.step, self.step_in_epoch, self.best_rsum)
+        for key in PROGRESS_KEYS:
+            setattr(self, key, checkpoint[key])
+        dropped = self.metrics.truncate_after(self.step)
+        logger.info("resumed from %s at epoch %d, step %d (%d into the epoch), best rsum %.2f%s", path,
+                    self.epoch, self.step, self.step_in_epoch, self.best_rsum,
+                    f"; dropped {dropped} metrics line(s) written after it" if dropped else "")
 
     def save(self, name: str) -> Path:
         """Atomically write the current state to out_dir/name (rank 0 only: one checkpoint per run)."""
@@ -178,18 +131,9 @@ class Trainer:
         if not self.dist.is_main:
             return path
         save_checkpoint(path, model=self.model, loss=self.loss, optimizer=self.optimizer, scaler=self.scaler,
-                        kind=self.kind,
-                        epoch=self.epoch, step=self.step, step_in_epoch=self.step_in_epoch,
-                        best_rsum=self.best_rsum, vocab=self.vocab.to_dict(), config=self.config.to_dict(),
-                        model_spec=self.model_spec)
+                        kind=self.kind, progress={key: getattr(self, key) for key in PROGRESS_KEYS},
+                        vocab=self.vocab.to_dict(), config=self.config.to_dict(), model_spec=self.model_spec)
         return path
-
-    def log(self, record: dict) -> None:
-        """Append one JSON line to out_dir/metrics.jsonl (rank 0 only)."""
-        if not self.dist.is_main:
-            return
-        with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as metrics_file:
-            metrics_file.write(json.dumps(record) + "\n")
 
     # -- steps ---------------------------------------------------------------------------------
     def apply_learning_rate(self) -> float:
@@ -226,13 +170,13 @@ class Trainer:
     def validate_and_save(self) -> dict[str, float]:
         """Validate (rank 0; every rank gets the result), log, save best.pt on a new best rsum, and last.pt."""
         metrics = self.dist.broadcast(self.validate(self.model) if self.dist.is_main else None)
-        self._validated_step = self.step
-        improved = metrics["rsum"] > self.best_rsum
-        self.best_rsum = max(self.best_rsum, metrics["rsum"])
-        self.log({"event": "val", "step": self.step, "epoch": self.epoch, **metrics, "best_rsum": self.best_rsum})
-        logger.info("validation at step %d: rsum %.2f (best %.2f)", self.step, metrics["rsum"], self.best_rsum)
-        if improved:
+        self.validated_step = self.step
+        if metrics["rsum"] > self.best_rsum:
+            self.best_rsum, self.best_epoch, self.best_step = metrics["rsum"], self.epoch, self.step
             self.save(BEST)
+        self.metrics.append({"event": "val", "step": self.step, "epoch": self.epoch, **metrics,
+                             "best_rsum": self.best_rsum})
+        logger.info("validation at step %d: rsum %.2f (best %.2f)", self.step, metrics["rsum"], self.best_rsum)
         self.save(LAST)
         return metrics
 
@@ -241,47 +185,68 @@ class Trainer:
         """True once config.max_steps (if > 0) steps are done."""
         return 0 < self.config.max_steps <= self.step
 
+    def finished(self) -> bool:
+        """True when every epoch (or the step budget) is done and the last state was validated and saved."""
+        return (self.epoch >= self.config.epochs or self.budget_done()) and self.validated_step == self.step
+
     def fit(self) -> dict:
-        """Train until config.epochs (or max_steps); Ctrl-C saves last.pt at a step boundary and re-raises."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        steps_per_epoch = self.batches.steps_per_epoch
+        """Train until config.epochs (or max_steps); Ctrl-C saves last.pt at a step boundary (Interrupted).
+
+        A resumed run that is already finished changes nothing and says so.
+        """
+        if self.finished():
+            logger.info("the run in %s is already finished (epoch %d, step %d): nothing to do", self.out_dir,
+                        self.epoch, self.step)
+            return self.summary()
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         with deferred_interrupt() as interrupt:
             while self.epoch < self.config.epochs and not self.budget_done():
-                lr = self.apply_learning_rate()
-                bar = tqdm(total=steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch}",
-                           unit="step", dynamic_ncols=True, disable=None if self.dist.is_main else True,
-                           leave=False)
-                window_start, window_steps = time.perf_counter(), 0
-                for batch in self.batches.epoch_batches(self.epoch, start_step=self.step_in_epoch,
-                                                        workers=self.config.workers):
-                    epoch = self.epoch
-                    loss, logs = self.train_step(batch)
-                    self.step += 1
-                    self.step_in_epoch += 1
-                    window_steps += 1
-                    self._running_loss = loss if self._running_loss is None else (
-                        RUNNING_LOSS_DECAY * self._running_loss + (1 - RUNNING_LOSS_DECAY) * loss)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{self._running_loss:.4g}", refresh=False)
-                    if self.step % max(self.config.log_every, 1) == 0:
-                        elapsed = time.perf_counter() - window_start
-                        self.log({"event": "step", "step": self.step, "epoch": epoch, "loss": loss, "lr": lr,
-                                  **logs, "steps_per_s": window_steps / max(elapsed, 1e-9)})
-                        window_start, window_steps = time.perf_counter(), 0
-                    if self.step_in_epoch == steps_per_epoch:
-                        self.epoch, self.step_in_epoch = self.epoch + 1, 0
-                        self.validate_and_save()
-                    elif self.config.val_every_steps and self.step % self.config.val_every_steps == 0:
-                        self.validate_and_save()
-                    if self.dist.any(interrupt["requested"]):  # all ranks stop at the same step
-                        bar.close()
-                        self.save(LAST)
-                        logger.warning("interrupted: state at step %d saved to %s", self.step, self.out_dir / LAST)
-                        raise KeyboardInterrupt
-                    if self.budget_done():
-                        break
-                bar.close()
-            if self._validated_step != self.step:
+                self._run_epoch(interrupt)
+            if self.validated_step != self.step:
                 self.validate_and_save()
-        return {"best_rsum": self.best_rsum, "epoch": self.epoch, "step": self.step,
-                "last": str(self.out_dir / LAST), "best": str(self.out_dir / BEST)}
+        summary = self.summary()
+        logger.info("finished after %d steps (%d epochs): best validation rsum %.2f at epoch %d, step %d, in %s",
+                    self.step, self.epoch, self.best_rsum, self.best_epoch, self.best_step, summary["best"])
+        return summary
+
+    def _run_epoch(self, interrupt: dict) -> None:
+        """Steps from the current position to the end of the epoch (or the budget, or a Ctrl-C)."""
+        lr = self.apply_learning_rate()
+        steps_per_epoch = self.batches.steps_per_epoch
+        report = ProgressReport(epoch=self.epoch, total=steps_per_epoch, done=self.step_in_epoch,
+                                every=self.config.log_every, enabled=self.dist.is_main)
+        window_steps, window_start = 0, report.start
+        try:
+            for batch in self.batches.epoch_batches(self.epoch, start_step=self.step_in_epoch,
+                                                    workers=self.config.workers):
+                epoch = self.epoch
+                loss, logs = self.train_step(batch)
+                self.step += 1
+                self.step_in_epoch += 1
+                window_steps += 1
+                report.update(loss)
+                if self.step % max(self.config.log_every, 1) == 0:
+                    now = time.perf_counter()
+                    self.metrics.append({"event": "step", "step": self.step, "epoch": epoch, "loss": loss, "lr": lr,
+                                         **logs, "steps_per_s": window_steps / max(now - window_start, 1e-9)})
+                    window_steps, window_start = 0, now
+                if self.step_in_epoch == steps_per_epoch:
+                    self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                    self.validate_and_save()
+                elif self.config.val_every_steps and self.step % self.config.val_every_steps == 0:
+                    self.validate_and_save()
+                if self.dist.any(interrupt["requested"]):  # all ranks stop at the same step
+                    last = self.save(LAST)
+                    logger.warning("interrupted: state at step %d saved to %s", self.step, last)
+                    raise Interrupted(last, resumed_from=self.config.resume)
+                if self.budget_done():
+                    break
+        finally:
+            report.close()
+
+    def summary(self) -> dict:
+        """Where the run stands and where its checkpoints are."""
+        return {"best_rsum": self.best_rsum, "best_epoch": self.best_epoch, "best_step": self.best_step,
+                "epoch": self.epoch, "step": self.step, "last": str(self.out_dir / LAST),
+                "best": str(self.out_dir / BEST)}

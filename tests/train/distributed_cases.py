@@ -99,7 +99,7 @@ def loss_gradients(step_module: torch.nn.Module, model: torch.nn.Module, loss: t
 def loss_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
     """Every case's loss and gradients on this rank's share, through DDP; rank 0 saves them."""
     from common import distributed
-    from train.trainer import TrainingStep, distributed_step
+    from train.step import TrainingStep, distributed_step
 
     torch.set_num_threads(1)
     join_rank_environment(rank, world_size, port)

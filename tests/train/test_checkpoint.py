@@ -15,8 +15,10 @@ from train.checkpoint import (
 
 
 def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, **overrides) -> None:
-    args = dict(model=model, loss=nn.Module(), optimizer=optimizer, scaler=None, kind="train", epoch=1, step=7, step_in_epoch=3,
-                best_rsum=12.5, vocab={"words": ["<pad>", "<start>", "<end>", "<unk>"]}, config={"seed": 0},
+    progress = {"epoch": 1, "step": overrides.pop("step", 7), "step_in_epoch": 3, "best_rsum": 12.5, "best_epoch": 0,
+                "best_step": 4, "validated_step": 4}
+    args = dict(model=model, loss=nn.Module(), optimizer=optimizer, scaler=None, kind="train", progress=progress,
+                vocab={"words": ["<pad>", "<start>", "<end>", "<unk>"]}, config={"seed": 0},
                 model_spec={"vocab_size": 4, "feature_dim": 3})
     args.update(overrides)
     save_checkpoint(path, **args)

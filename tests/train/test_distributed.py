@@ -15,7 +15,7 @@ from tests.train.distributed_cases import (
     GLOBAL_BATCH, LOSS_CASES, free_port, global_batch, loss_gradients, loss_worker, model_and_loss, spawn,
 )
 from train.data import RankShare
-from train.trainer import TrainingStep
+from train.step import TrainingStep
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -114,3 +114,15 @@ def test_a_fresh_run_never_silently_replaces_another(tiny_config: TrainConfig):
     run_train(dataclasses.replace(config, overwrite=True, max_steps=1))
     new_lines = (out_dir / "metrics.jsonl").read_text().splitlines()
     assert json.loads(new_lines[-1])["step"] == 1 and len(new_lines) < len(old_lines)  # one run per folder
+
+
+def test_resume_on_a_store_of_another_cnn_is_refused(tiny_config: TrainConfig, make_train_store):
+    import h5py
+
+    run_train(dataclasses.replace(tiny_config, max_steps=1))
+    other = make_train_store("other_cnn.h5")
+    with h5py.File(other, "r+") as h5file:
+        h5file.attrs["weights_sha256"] = "f" * 64  # same size of features, another CNN
+    last = str(Path(tiny_config.out_dir) / "last.pt")
+    with pytest.raises(ValueError, match="another CNN .*weights_sha256: trained on '', store has 'fff"):
+        run_train(dataclasses.replace(tiny_config, store=str(other), resume=last))

@@ -18,7 +18,7 @@ from common import distributed
 from eval.metrics import recall_metrics
 from features.datasets import validate_image_root
 from features.reader import FeatureStore
-from train.checkpoint import load_checkpoint, load_model_state
+from train.checkpoint import check_store_provenance, load_checkpoint, load_model_state
 from train.config import TrainConfig
 from train.encode import similarity_matrix
 from train.finetune.cnn import CNNBackbone, backbone_from_store
@@ -33,10 +33,6 @@ from train.text import Vocabulary
 from train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
-
-# Attributes that say which CNN made a store: a head trained on one store fits another only if they agree.
-CNN_ATTRS = ("backbone", "layer", "weights_name", "weights_sha256", "weights_seed", "resize", "crop", "mean", "std")
-
 
 def resolve_config(cfg: FinetuneConfig, train_config: dict) -> FinetuneConfig:
     """`cfg` with CHECKPOINT_FIELDS (and an empty store) taken from the train checkpoint's config.
@@ -55,22 +51,6 @@ def resolve_config(cfg: FinetuneConfig, train_config: dict) -> FinetuneConfig:
                          "these options or train a new stage-two model with them")
     resolved = dataclasses.replace(cfg, **{name: getattr(saved, name) for name in CHECKPOINT_FIELDS})
     return dataclasses.replace(resolved, store=cfg.store or saved.store)
-
-
-def check_same_cnn(store: FeatureStore, trained_on: str) -> None:
-    """The store must come from the CNN whose features the checkpoint's head was trained on."""
-    if Path(trained_on).resolve() == store.path.resolve():
-        return
-    if not Path(trained_on).is_file():
-        logger.warning("the checkpoint was trained on %s, which is gone: cannot check that %s has the same CNN",
-                       trained_on, store.path)
-        return
-    with FeatureStore(trained_on) as original:
-        differing = {key: (original.attrs.get(key), store.attrs.get(key)) for key in CNN_ATTRS
-                     if original.attrs.get(key) != store.attrs.get(key)}
-    if differing:
-        raise ValueError(f"--store {store.path} was extracted with another CNN than {trained_on}, which the "
-                         f"checkpoint was trained on ({differing}); fine-tune on a store of the same backbone/weights")
 
 
 def attach_cnn(model: VSEModel, cfg: FinetuneConfig, *, backbone: object) -> CNNBackbone:
@@ -141,7 +121,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     context = distributed.current()
     with FeatureStore(cfg.store) as store:
-        check_same_cnn(store, init["config"]["store"])
+        check_store_provenance(init["model_spec"], store, source=f"--checkpoint {cfg.checkpoint}")
         check_run_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
         for splits in (cfg.all_train_splits(), (cfg.val_split,)):
             store.require_complete(splits)
