@@ -96,20 +96,23 @@ def loss_gradients(step_module: torch.nn.Module, model: torch.nn.Module, loss: t
     return {"loss": output.loss.item(), "logs": output.logs, "grads": grads}
 
 
-def loss_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
-    """Every case's loss and gradients on this rank's share, through DDP; rank 0 saves them."""
+def loss_worker(rank: int, world_size: int, port: int, out_path: str, device_type: str = "cpu") -> None:
+    """Every case's loss and gradients on this rank's share, through DDP; rank 0 saves them (on the CPU)."""
     from common import distributed
     from train.step import TrainingStep, distributed_step
 
     torch.set_num_threads(1)
     join_rank_environment(rank, world_size, port)
     context = distributed.init_from_environment(timeout_minutes=2)
+    device = distributed.device_for(torch.device(device_type), context)
     results = {}
-    batch = share_of(global_batch(), RankShare(context.rank, context.world_size))
+    batch = share_of(global_batch(), RankShare(context.rank, context.world_size)).to(device)
     for case in LOSS_CASES:
         model, loss = model_and_loss(case)
-        step = distributed_step(TrainingStep(model, loss, autocast_dtype=None), torch.device("cpu"))
-        results[case] = loss_gradients(step, model, loss, batch)
+        model, loss = model.to(device), loss.to(device)
+        step = distributed_step(TrainingStep(model, loss, autocast_dtype=None), device)
+        found = loss_gradients(step, model, loss, batch)
+        results[case] = {**found, "grads": {name: grad.cpu() for name, grad in found["grads"].items()}}
     if context.is_main:
         torch.save(results, out_path)
     distributed.shutdown()

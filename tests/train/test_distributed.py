@@ -27,11 +27,9 @@ def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return torch.load(out, weights_only=False)
 
 
-@pytest.mark.parametrize("case", list(LOSS_CASES))
-def test_two_ranks_give_the_single_process_loss_and_gradients(two_rank_results: dict, case: str):
+def _check_against_one_process(found: dict, case: str) -> None:
     model, loss = model_and_loss(case)
     expected = loss_gradients(TrainingStep(model, loss, autocast_dtype=None), model, loss, global_batch())
-    found = two_rank_results[case]
     assert found["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-6)
     assert found["logs"].keys() == expected["logs"].keys()
     for key, value in expected["logs"].items():
@@ -39,6 +37,20 @@ def test_two_ranks_give_the_single_process_loss_and_gradients(two_rank_results: 
     assert found["grads"].keys() == expected["grads"].keys()
     for name, grad in expected["grads"].items():
         torch.testing.assert_close(found["grads"][name], grad, rtol=1e-5, atol=1e-6, msg=f"{case}: {name}")
+
+
+@pytest.mark.parametrize("case", list(LOSS_CASES))
+def test_two_ranks_give_the_single_process_loss_and_gradients(two_rank_results: dict, case: str):
+    _check_against_one_process(two_rank_results[case], case)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
+def test_two_gpus_give_the_single_process_loss_and_gradients(tmp_path: Path):
+    out = tmp_path / "results.pt"
+    spawn(loss_worker, (2, free_port(), str(out), "cuda"))
+    results = torch.load(out, weights_only=False)
+    for case in LOSS_CASES:
+        _check_against_one_process(results[case], case)
 
 
 def test_rank_shares_cover_every_caption_once():
