@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from common.choices import FEATURE_MODES
+from train.prefetch import prefetch
 from train.text import Vocabulary, caption_tokens
 
 NUM_CROPS = 10
@@ -106,22 +107,30 @@ def _keep_batch(batch: "Batch") -> "Batch":
     return batch  # batches are built whole by the batch source; a picklable no-op collate for workers
 
 
+def _in_process(source: torch.utils.data.Dataset, epoch: int, caption_order: np.ndarray,
+                start_step: int) -> Iterator["Batch"]:
+    for step in range(start_step, source.steps_per_epoch):
+        yield source.batch(epoch, step, order=caption_order)
+
+
 def iterate_epoch(source: torch.utils.data.Dataset, epoch: int, *, order: Callable[[], np.ndarray], seed: int,
-                  start_step: int, workers: int) -> Iterator["Batch"]:
+                  start_step: int, workers: int, pin_memory: bool = False) -> Iterator["Batch"]:
     """Batches start_step.. of `epoch` of a batch source (train's CaptionBatches, finetune's image batches).
 
     The source indexes whole batches by epoch * steps_per_epoch + step and builds batch (epoch, step) from
     (seed, epoch, step) alone, so a resume mid-epoch sees the same batches. With workers > 0 a DataLoader
     builds them in worker processes; its private generator keeps the global RNG untouched (exact resume).
+    With workers = 0 a thread builds the next batches while the step runs (train/prefetch.py).
+    `pin_memory` (for a CUDA device) page-locks each batch so its copy to the GPU can run asynchronously.
     """
     if workers <= 0:
-        caption_order = order()
-        for step in range(start_step, source.steps_per_epoch):
-            yield source.batch(epoch, step, order=caption_order)
+        yield from prefetch(_in_process(source, epoch, order(), start_step),
+                            prepare=Batch.pin_memory if pin_memory else None)
         return
     first = epoch * source.steps_per_epoch
     loader_seed = int(np.random.SeedSequence([seed, epoch, LOADER_STREAM]).generate_state(1)[0])
     loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=workers, collate_fn=_keep_batch,
+                                         pin_memory=pin_memory,
                                          sampler=range(first + start_step, first + source.steps_per_epoch),
                                          generator=torch.Generator().manual_seed(loader_seed))
     yield from loader
@@ -150,9 +159,16 @@ class Batch:
         return int(self.lengths.shape[0])
 
     def to(self, device: torch.device | str) -> "Batch":
-        """Copy of the batch on `device` (lengths stay on the CPU for pack_padded_sequence)."""
-        return Batch(tokens=self.tokens.to(device), lengths=self.lengths, images=self.images.to(device),
-                     image_ids=self.image_ids.to(device), caption_rows=self.caption_rows)
+        """Copy of the batch on `device` (lengths stay on the CPU for pack_padded_sequence); asynchronous from
+        pinned memory to a GPU."""
+        return Batch(tokens=self.tokens.to(device, non_blocking=True), lengths=self.lengths,
+                     images=self.images.to(device, non_blocking=True),
+                     image_ids=self.image_ids.to(device, non_blocking=True), caption_rows=self.caption_rows)
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory (called by DataLoader(pin_memory=True) and the prefetch thread)."""
+        return Batch(tokens=self.tokens.pin_memory(), lengths=self.lengths, images=self.images.pin_memory(),
+                     image_ids=self.image_ids.pin_memory(), caption_rows=self.caption_rows)
 
 
 class CaptionBatches(torch.utils.data.Dataset):
@@ -216,10 +232,11 @@ class CaptionBatches(torch.utils.data.Dataset):
                      image_ids=torch.from_numpy(image_rows.astype(np.int64)),
                      caption_rows=torch.from_numpy(self.caption_rows[positions]))
 
-    def epoch_batches(self, epoch: int, *, start_step: int = 0, workers: int = 0) -> Iterator[Batch]:
+    def epoch_batches(self, epoch: int, *, start_step: int = 0, workers: int = 0,
+                      pin_memory: bool = False) -> Iterator[Batch]:
         """Batches start_step.. of `epoch`, in order; `workers` > 0 builds them in DataLoader processes."""
         yield from iterate_epoch(self, epoch, order=lambda: self.epoch_order(epoch), seed=self.seed,
-                                 start_step=start_step, workers=workers)
+                                 start_step=start_step, workers=workers, pin_memory=pin_memory)
 
     def __getitem__(self, index: int) -> Batch:
         epoch, step = divmod(int(index), self.steps_per_epoch)

@@ -40,7 +40,8 @@ class BatchSource(Protocol):
 
     steps_per_epoch: int
 
-    def epoch_batches(self, epoch: int, *, start_step: int = 0, workers: int = 0) -> Iterator[Batch]: ...
+    def epoch_batches(self, epoch: int, *, start_step: int = 0, workers: int = 0,
+                      pin_memory: bool = False) -> Iterator[Batch]: ...
 
 
 class Interrupted(KeyboardInterrupt):
@@ -219,7 +220,8 @@ class Trainer:
         window_steps, window_start = 0, report.start
         try:
             for batch in self.batches.epoch_batches(self.epoch, start_step=self.step_in_epoch,
-                                                    workers=self.config.workers):
+                                                    workers=self.config.workers,
+                                                    pin_memory=self.device.type == "cuda"):
                 epoch = self.epoch
                 loss, logs = self.train_step(batch)
                 self.step += 1

@@ -138,10 +138,11 @@ class ImageCaptionBatches(torch.utils.data.Dataset):
                      image_ids=torch.from_numpy(image_rows.astype(np.int64)),
                      caption_rows=torch.from_numpy(self.captions.caption_rows[positions]))
 
-    def epoch_batches(self, epoch: int, *, start_step: int = 0, workers: int = 0) -> Iterator[Batch]:
+    def epoch_batches(self, epoch: int, *, start_step: int = 0, workers: int = 0,
+                      pin_memory: bool = False) -> Iterator[Batch]:
         """Batches start_step.. of `epoch`, in order; `workers` > 0 decodes them in DataLoader processes."""
         yield from iterate_epoch(self, epoch, order=lambda: self.captions.epoch_order(epoch), seed=self.seed,
-                                 start_step=start_step, workers=workers)
+                                 start_step=start_step, workers=workers, pin_memory=pin_memory)
 
     def __getitem__(self, index: int) -> Batch:
         epoch, step = divmod(int(index), self.steps_per_epoch)
