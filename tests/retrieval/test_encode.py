@@ -135,3 +135,20 @@ def test_the_cli_encodes_and_refuses_with_one_line(trained, tmp_path, invoke):
                  tmp_path / "bad.h5")
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and bad.output.count("\n") == 1
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_a_finetuned_model_encodes_a_split_from_its_raw_images_and_a_text_gallery(images_setup, finetuned, tmp_path,
+                                                                                   capsys):
+    encode(finetuned, tmp_path / "val.h5", split="val", store=str(images_setup.store))
+    split = VSE.load(finetuned, device="cpu", store=images_setup.store).encode_split("val")
+    with EmbeddingsFile(tmp_path / "val.h5") as embeddings:
+        assert embeddings.attrs["image_root"] == str(images_setup.image_root)
+        assert np.array_equal(embeddings.read("images", np.arange(3)), split.image_emb.numpy())
+    (tmp_path / "texts.txt").write_text("a red square\nthe square is blue\na green square\n")
+    encode(finetuned, tmp_path / "texts.h5", texts=str(tmp_path / "texts.txt"))
+    from retrieval.search import SearchConfig, run_search
+    found = run_search(SearchConfig(embeddings=str(tmp_path / "texts.h5"), image=(str(images_setup.image_root / split.
+                                    image_paths[0]),), k=3, device="cpu", index="faiss"))
+    assert sorted(entry["text"] for entry in found["queries"][0]["results"]) == sorted(
+        ["a red square", "the square is blue", "a green square"])
+    assert "image query 1" in capsys.readouterr().out and (tmp_path / "texts.h5.captions.faiss-flat.index").is_file()

@@ -31,7 +31,8 @@ def test_a_finetune_checkpoint_exports_without_its_optimizer(finetuned, tmp_path
     result = invoke("export", "--checkpoint", finetuned, "--out", tmp_path / "ft.pt")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ft.pt").stat().st_size < 0.6 * finetuned.stat().st_size  # Adam keeps two moments per weight
-    assert VSE.load(tmp_path / "ft.pt", device="cpu").kind == "finetune"
+    exported = VSE.load(tmp_path / "ft.pt", device="cpu")
+    assert exported.kind == "finetune" and exported.model_sha256 == VSE.load(finetuned, device="cpu").model_sha256
 
 
 def test_export_of_something_else_writes_nothing(tmp_path, invoke):
