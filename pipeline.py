@@ -26,7 +26,10 @@ from demo.run import DemoConfig, DemoDataConfig, run_demo, run_generate
 from extract.config import ExtractConfig
 from extract.run import ExtractFailures, run_extract
 from features.merge import MergeConfig, run_merge
+from retrieval.encode import EncodeConfig, run_encode
 from retrieval.evaluate import EvalConfig, run_eval
+from retrieval.export import ExportConfig, run_export
+from retrieval.search import SearchConfig, run_search
 from train.config import PRESETS, TrainConfig
 from train.finetune.config import CHECKPOINT_FIELDS, FinetuneConfig
 from train.finetune.run import run_finetune
@@ -76,6 +79,23 @@ STAGES: dict[str, Stage] = {
     "eval": Stage(
         EvalConfig, run_eval, "Recall@K, median and mean rank in both directions (COCO 1K/5K, Flickr30K 1K).",
         consumes={"checkpoint": "checkpoint", "store": "store"}, input_paths=("checkpoint", "store", "image_root")),
+    "encode": Stage(
+        EncodeConfig, run_encode,
+        "Embeddings of a store split, images (files or folders) or a text file of sentences into one HDF5 file, "
+        "with the model's provenance; resumable.",
+        consumes={"checkpoint": "checkpoint"}, produces=lambda cfg: {"embeddings": cfg.out},
+        input_paths=("checkpoint", "store", "images", "texts", "image_root", "weights")),
+    "search": Stage(
+        SearchConfig, run_search,
+        "Top-k images for sentences (--text) and top-k captions for images (--image), over an embeddings file or a "
+        "store split; exact, or a saved faiss index.",
+        consumes={"checkpoint": "checkpoint", "embeddings": "embeddings"},
+        input_paths=("checkpoint", "embeddings", "store", "text_file", "image", "image_root", "weights")),
+    "export": Stage(
+        ExportConfig, run_export, "A weights-only model file of a checkpoint (no optimizer or RNG state) that "
+        "eval, encode, search and the Python API load like the checkpoint.",
+        consumes={"checkpoint": "checkpoint"}, produces=lambda cfg: {"checkpoint": cfg.out},
+        input_paths=("checkpoint",)),
     "demo": Stage(
         DemoConfig, run_demo, "Generate the synthetic demo dataset and run every stage on it (CPU, a few minutes)."),
     "demo-data": Stage(
@@ -112,6 +132,9 @@ def _option_for(spec: dataclasses.Field, kind: Any) -> Callable:
     common = dict(default=None, help=help_text, show_default=False)
     if kind is bool:
         return click.option(f"{name}/--no-{name[2:]}", spec.name, **common)
+    if spec.metadata.get("multiple"):  # repeatable, each value whole (sentences hold commas); none given = None
+        return click.option(name, spec.name, type=str, multiple=True, callback=lambda _, __, value: value or None,
+                            **common)
     if kind is tuple:  # a comma-separated list; its items are checked against "choices" by validate()
         return click.option(name, spec.name, type=str, metavar="A,B,...", **common)
     if "choices" in spec.metadata:

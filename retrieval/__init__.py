@@ -1,1 +1,3 @@
-"""Using a trained model: load a train or finetune checkpoint, embed store splits, evaluate (the eval stage)."""
+"""Using a trained model: the Python API (VSE), and the encode, search, export and eval stages."""
+
+from retrieval.api import VSE, SplitEmbeddings  # noqa: F401  (the stable names of the Python API)

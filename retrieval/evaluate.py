@@ -14,9 +14,7 @@ from common.device import resolve_device
 from common.files import atomic_write_json
 from eval.protocols import COCO_TEST_IMAGES, F30K_TEST_IMAGES, PROTOCOLS, evaluate_protocol, format_table
 from features.reader import FeatureStore
-from retrieval.model import LoadedModel, load_model
-from train.encode import encode_split
-from train.finetune.data import encode_split_from_images
+from retrieval.model import LoadedModel, encode_store_split, load_model
 from train.losses.similarity import similarity_function
 
 logger = logging.getLogger(__name__)
@@ -71,20 +69,11 @@ def protocols_for(protocol: str, num_images: int) -> list[str]:
 
 def embed_split(cfg: EvalConfig, loaded: LoadedModel, store: FeatureStore,
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, object]:
-    """(image_emb, caption_emb, caption_image_index) of cfg.split, as the checkpoint's model sees it.
-
-    Train-stage checkpoints read the stored CNN features; fine-tuned ones re-encode the raw images with their
-    own CNN (center crop), since the stored features no longer describe that CNN.
-    """
-    if not loaded.has_cnn:
-        image_emb, caption_emb, caption_image_index, _ = encode_split(
-            loaded.model, store, splits=[cfg.split], feature_mode=loaded.config.feature_mode, vocab=loaded.vocab,
-            batch_size=cfg.batch_size, device=device)
-        return image_emb, caption_emb, caption_image_index
-    image_root = cfg.image_root or loaded.config.image_root or store.attrs["image_root"]
-    image_emb, caption_emb, caption_image_index, _ = encode_split_from_images(
-        loaded.model, store, splits=[cfg.split], vocab=loaded.vocab, image_root=image_root,
-        batch_size=cfg.batch_size, workers=cfg.workers, device=device)
+    """(image_emb, caption_emb, caption_image_index) of cfg.split, as the checkpoint's model sees it
+    (retrieval.model.encode_store_split: stored features, or the raw images for a fine-tuned CNN)."""
+    image_emb, caption_emb, caption_image_index, _ = encode_store_split(
+        loaded, store, split=cfg.split, image_root=cfg.image_root, batch_size=cfg.batch_size, workers=cfg.workers,
+        device=device)
     return image_emb, caption_emb, caption_image_index
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -14,32 +13,8 @@ from eval.protocols import PROTOCOLS
 from features.reader import FeatureStore
 from retrieval.evaluate import EvalConfig, protocols_for, run_eval
 from retrieval.model import load_model
-from train.config import TrainConfig
 from train.encode import encode_split
 from train.losses.similarity import cosine_sim, order_sim
-from train.run import run_train
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two tiny trained runs on one synthetic store: cosine MH, and order similarity (Order++-style)."""
-    from tests.synthetic_store import FEATURE_DIM, STORE_ATTRS, synthetic_dataset, synthetic_features
-    from features.store import FeatureStoreWriter
-
-    folder = tmp_path_factory.mktemp("eval")
-    dataset, attributes = synthetic_dataset(splits={"train": 64, "val": 16, "test": 12})
-    features = synthetic_features(attributes, feature_dim=FEATURE_DIM)
-    store = folder / "store.h5"
-    with FeatureStoreWriter.create(store, dataset, attrs=STORE_ATTRS, feature_dim=FEATURE_DIM, crops=10,
-                                   dtype="float32") as writer:
-        writer.write_rows(list(range(dataset.num_images)), features[:, 4], features)
-    base = TrainConfig(store=str(store), embed_dim=16, word_dim=8, vocab_min_count=1, batch_size=32, epochs=2,
-                       lr=5e-3, device="cpu", feature_mode="10c-random")
-    runs = {"store": store}
-    for name, options in {"cosine": {}, "order": {"similarity": "order", "abs_embeddings": True, "margin": 0.05}}.items():
-        summary = run_train(dataclasses.replace(base, out_dir=str(folder / name), **options))
-        runs[name] = Path(summary["best"])
-    return runs
 
 
 @pytest.mark.parametrize("run,similarity", [("cosine", cosine_sim), ("order", order_sim)])
@@ -93,3 +68,18 @@ def test_load_model_rebuilds_the_run_config_and_refuses_other_files(trained, tmp
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="cannot be read as a checkpoint"):
         load_model(tmp_path / "junk.pt")
+
+
+def test_eval_refuses_a_store_of_another_cnn(trained, tmp_path):
+    import shutil
+
+    import h5py
+
+    other = tmp_path / "other.h5"
+    shutil.copy(trained["store"], other)
+    with h5py.File(other, "r+") as h5file:  # the same feature size from another CNN: rsum would be silently wrong
+        h5file.attrs["backbone"] = "resnet50"
+    with pytest.raises(ValueError, match="another CNN .*backbone: trained on 'synthetic', store has 'resnet50'"):
+        run_eval(EvalConfig(checkpoint=str(trained["cosine"]), store=str(other), device="cpu",
+                            out=str(tmp_path / "e.json")))
+    assert not (tmp_path / "e.json").exists()
