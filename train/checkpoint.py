@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # bump when the keys below change incompatibly
 CHECKPOINT_KINDS = ("train", "finetune")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of an HDF5 file (a feature store)
 # Where the run is: the next step starts at (epoch, step_in_epoch), `step` steps are done, the best validation
 # rsum was reached at (best_epoch, best_step), and the last validation ran after `validated_step` steps.
 PROGRESS_KEYS = ("epoch", "step", "step_in_epoch", "best_rsum", "best_epoch", "best_step", "validated_step")
@@ -80,6 +81,10 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass an existing last.pt/best.pt "
                                 "(a resume never silently starts from scratch)")
+    with open(path, "rb") as handle:
+        if handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+            raise ValueError(f"{path} is an HDF5 feature store, not a checkpoint; pass it as --store, and a "
+                             "train or finetune checkpoint (RUN/best.pt, RUN/last.pt) as --checkpoint / --resume")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt or foreign file
