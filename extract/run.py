@@ -25,7 +25,7 @@ from extract.transforms import CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE, normal
 from extract.weights import NO_WEIGHTS, is_weights_path, resolve_weights
 from features.datasets import DatasetIndex, check_image_paths, load_dataset, validate_image_root
 from features.disk import NO_SPACE_ERRNOS, StoreSpaceError
-from features.schema import CENTER_CROP_INDEX, Status
+from features.schema import CENTER_CROP_INDEX, PROVENANCE_ATTRS, Status
 from features.store import FeatureStoreWriter
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def _open_store(cfg: ExtractConfig, dataset: DatasetIndex, attrs: dict, feature_
         rows = np.intersect1d(writer.pending_indices(retry_failed=cfg.retry_failed), scope)
         _refuse_missing_images(cfg, dataset, rows, missing)
         writer.reserve_space()
-        writer.update_provenance({key: attrs[key] for key in ("image_root", "dataset_path")})
+        writer.update_provenance({key: attrs[key] for key in PROVENANCE_ATTRS})
     except BaseException:
         writer.close()
         raise

@@ -17,7 +17,7 @@ from features.disk import (
 from features.reader import attr_to_python, read_attrs, status_summary, validate_layout
 from features.rows import contiguous_runs
 from features.schema import (
-    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CONFIG_ATTRS, 
+    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CONFIG_ATTRS, PROVENANCE_ATTRS,
     FEATURES_GROUP, IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, SCHEMA_VERSION,
     TEN_CROP_ORDER, Status, feature_dataset_name,
 )
@@ -28,9 +28,6 @@ STRING_DTYPE = h5py.string_dtype("utf-8")
 # Attributes the writer derives itself; callers must give the rest of CONFIG_ATTRS.
 DERIVED_ATTRS = ("schema_version", "crops", "dtype", "feature_dim")
 FIX_HINT = "pass --overwrite to replace it, or use another --out"
-# Root attributes that say where a store's inputs are, not how its features were made: a resume may change
-# them (the images moved, or the first run named the wrong --image-root), and the store records the new ones.
-PROVENANCE_ATTRS = ("image_root", "dataset_path")
 
 
 def store_bytes(dataset: DatasetIndex, *, feature_dim: int, crops: int, dtype: str) -> int:

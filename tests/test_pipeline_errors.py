@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 import pipeline
 from features.store import FeatureStoreWriter
-from tests.extract.conftest import write_karpathy_json, write_rgb_jpeg
+from tests.extract.conftest import tiny_dataset as images  # noqa: F401  (pytest fixture: dataset JSON, root)
+from tests.extract.test_run_extract_inputs import fill_the_disk_at_write
 from tests.features.test_disk import held_open
 from tests.synthetic_store import make_train_store  # noqa: F401  (pytest fixture)
 from train.checkpoint import load_checkpoint
@@ -47,17 +48,6 @@ def read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
     if os.geteuid() == 0:
         real_access = os.access
         monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != folder and real_access(path, mode))
-
-
-@pytest.fixture
-def images(tmp_path: Path) -> tuple[Path, Path]:
-    """(dataset JSON, image root) with 4 small JPEGs."""
-    root = tmp_path / "root"
-    (root / "imgs").mkdir(parents=True)
-    names = [f"im{number}.jpg" for number in range(4)]
-    for number, name in enumerate(names):
-        write_rgb_jpeg(root / "imgs" / name, seed=number)
-    return write_karpathy_json(tmp_path / "dataset.json", names), root
 
 
 @pytest.fixture
@@ -141,15 +131,7 @@ def test_a_full_disk_during_extract_is_one_line_and_resumable(images, tmp_path: 
                                                               monkeypatch: pytest.MonkeyPatch):
     dataset, root = images
     out = tmp_path / "feats.h5"
-    real_write, calls = FeatureStoreWriter.write_rows, []
-
-    def disk_fills_on_second_batch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(self, *args, **kwargs)
-
-    monkeypatch.setattr(FeatureStoreWriter, "write_rows", disk_fills_on_second_batch)
+    real_write = fill_the_disk_at_write(monkeypatch, call=2)
     command = ["extract", "--dataset", str(dataset), "--image-root", str(root), "--out", str(out), *EXTRACT]
     assert the_error(run_cli(command)) == (
         f"error: the disk of {out} is full (No space left on device) after 2 of 4 images; the store keeps them: "

@@ -124,17 +124,25 @@ def test_a_fifo_or_a_folder_fails_at_once_without_blocking(tmp_path: Path) -> No
     assert "a FIFO, not an image file" in items[0][1] and "a directory, not an image file" in items[1][1]
 
 
+def hang_on_gray(monkeypatch: pytest.MonkeyPatch, *, seconds: float = 30, beyond_signals: bool = False) -> None:
+    """Make decoding the gray test image hang for `seconds`; `beyond_signals`: as C code looping without returning,
+    which the time limit's alarm cannot interrupt."""
+    real_load = loader.load_crops
+
+    def load_crops(path, crops):
+        if "gray" in str(path):
+            if beyond_signals:
+                signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
+            time.sleep(seconds)
+        return real_load(path, crops)
+
+    monkeypatch.setattr(loader, "load_crops", load_crops)
+
+
 def test_a_decode_that_hangs_is_a_failure_after_the_time_limit(awkward_images: Awkward,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     good, _ = awkward_images
-    real_load = loader.load_crops
-
-    def hang_on_gray(path, crops):
-        if "gray" in str(path):
-            time.sleep(30)  # interrupted by the time limit
-        return real_load(path, crops)
-
-    monkeypatch.setattr(loader, "load_crops", hang_on_gray)
+    hang_on_gray(monkeypatch)
     dataset = ImageDataset([0, 1], [good["gray"], good["rgb"]], crops=1, timeout_s=0.3)
     start = time.perf_counter()
     (_, hung), (_, decoded) = dataset[0], dataset[1]
@@ -146,14 +154,7 @@ def test_a_decode_that_hangs_is_a_failure_after_the_time_limit(awkward_images: A
 def test_a_hanging_worker_image_is_a_failure_and_the_run_goes_on(awkward_images: Awkward,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     good, _ = awkward_images
-    real_load = loader.load_crops
-
-    def hang_on_gray(path, crops):
-        if "gray" in str(path):
-            time.sleep(30)
-        return real_load(path, crops)
-
-    monkeypatch.setattr(loader, "load_crops", hang_on_gray)  # forked workers inherit the patch
+    hang_on_gray(monkeypatch)  # forked workers inherit the patch
     dataset = ImageDataset([0, 1, 2], [good["rgb"], good["gray"], good["cmyk"]], crops=1, timeout_s=0.5)
     batches = list(iter_batches(make_loader(dataset, batch_size=3, workers=1, pin_memory=False,
                                             stall_timeout=stall_timeout(0.5, 3))))
@@ -164,15 +165,7 @@ def test_a_hanging_worker_image_is_a_failure_and_the_run_goes_on(awkward_images:
 def test_a_worker_stuck_beyond_signals_stops_the_loader_and_is_ended(awkward_images: Awkward,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     good, _ = awkward_images
-    real_load = loader.load_crops
-
-    def stuck_on_gray(path, crops):
-        if "gray" in str(path):  # as C code looping without returning: the alarm cannot interrupt it
-            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
-            time.sleep(2.5)
-        return real_load(path, crops)
-
-    monkeypatch.setattr(loader, "load_crops", stuck_on_gray)
+    hang_on_gray(monkeypatch, seconds=2.5, beyond_signals=True)
     dataset = ImageDataset([5, 6, 7], [good["rgb"], good["gray"], good["cmyk"]], crops=1, timeout_s=0.5)
     batches = []
     with pytest.raises(LoaderStalled, match=r"within 1.5 s: an image of rows 6..6 hangs .*gray.jpg"):

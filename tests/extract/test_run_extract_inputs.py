@@ -150,20 +150,26 @@ def test_too_little_free_space_is_refused_before_the_store_is_created(tiny_datas
     assert not out.exists() and not Path(f"{out}.partial").exists()
 
 
+def fill_the_disk_at_write(monkeypatch: pytest.MonkeyPatch, *, call: int) -> Callable:
+    """Make the `call`-th FeatureStoreWriter.write_rows raise ENOSPC, as a full disk does; return the real one."""
+    real_write, calls = FeatureStoreWriter.write_rows, []
+
+    def write_rows(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStoreWriter, "write_rows", write_rows)
+    return real_write
+
+
 def test_a_full_disk_while_writing_stops_cleanly_and_a_rerun_resumes(tiny_dataset: tuple[Path, Path],
                                                                      tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     dataset, root = tiny_dataset
     run_extract(make_config(dataset, root, tmp_path / "full.h5", crops=1))
-    real_write, calls = FeatureStoreWriter.write_rows, []
-
-    def disk_fills_on_second_batch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(self, *args, **kwargs)
-
-    monkeypatch.setattr(FeatureStoreWriter, "write_rows", disk_fills_on_second_batch)
+    real_write = fill_the_disk_at_write(monkeypatch, call=2)
     out = tmp_path / "store.h5"
     with pytest.raises(StoreSpaceError, match=r"disk of .* is full \(No space left on device\) after 2 of 4 images; "
                                               r"the store keeps them: .*rerun the same command to resume"):
