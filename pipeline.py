@@ -33,11 +33,19 @@ from train.config import PRESETS, TrainConfig
 from train.finetune.config import CHECKPOINT_FIELDS, FinetuneConfig
 from train.finetune.run import run_finetune
 from train.run import run_train
+from train.run_dir import BEST, LAST
 
 logger = logging.getLogger("pipeline")
 
 
-RUN_RESUME_HINT = "continue from the last checkpoint with --resume {out_dir}/last.pt"
+def _run_resume_hint(cfg: TrainConfig) -> str:
+    """How a train or finetune run goes on after a failed save: from its newest checkpoint, if one was written."""
+    saved = [Path(cfg.out_dir) / name for name in (LAST, BEST) if (Path(cfg.out_dir) / name).is_file()]
+    return f"continue with --resume {saved[0]}" if saved else "rerun the same command"
+
+
+def _rerun_hint(cfg: Any) -> str:
+    return "rerun the same command"
 
 
 def _no_artifacts(cfg: Any) -> dict[str, str]:
@@ -83,7 +91,7 @@ class Stage:
     presets: dict[str, dict] = field(default_factory=dict)  # --preset name -> field values
     distributed: bool = False  # under torchrun every rank runs it; otherwise rank 0 alone, the others wait
     writes: Callable[[Any], list[Output]] = _no_outputs  # config -> what it writes (checked before the chain)
-    resume_hint: str = "rerun the same command"  # how to go on after a full disk; {field} = the config's value
+    resume_hint: Callable[[Any], str] = _rerun_hint  # config -> how to go on after a full disk
 
 
 STAGES: dict[str, Stage] = {
@@ -91,18 +99,18 @@ STAGES: dict[str, Stage] = {
         ExtractConfig, run_extract, "Stage 1: CNN features (1C / 10C) of every image into an HDF5 feature store.",
         consumes={"dataset": "dataset", "image_root": "image_root"},
         produces=lambda cfg: {"store": cfg.out}, input_paths=("dataset", "image_root"), writes=_writes_file("out"),
-        resume_hint="rerun the same command to resume (finished rows are kept)"),
+        resume_hint=lambda cfg: "rerun the same command to resume (finished rows are kept)"),
     "train": Stage(
         TrainConfig, run_train, "Stage 2: train the caption encoder and projection heads on stored features.",
         consumes={"store": "store"}, produces=_run_outputs, input_paths=("store", "resume"), presets=PRESETS,
-        distributed=True, writes=_writes_folder("out_dir"), resume_hint=RUN_RESUME_HINT),
+        distributed=True, writes=_writes_folder("out_dir"), resume_hint=_run_resume_hint),
     "finetune": Stage(
         FinetuneConfig, run_finetune,
         "Stage 3: fine-tune the CNN end to end on random crops of the raw images. The model, loss and vocabulary "
         "options come from the train-stage checkpoint.",
         consumes={"checkpoint": "checkpoint", "store": "store"}, produces=_run_outputs,
         input_paths=("checkpoint", "store", "image_root", "resume"), hidden=CHECKPOINT_FIELDS, distributed=True,
-        writes=_writes_folder("out_dir"), resume_hint=RUN_RESUME_HINT),
+        writes=_writes_folder("out_dir"), resume_hint=_run_resume_hint),
     "eval": Stage(
         EvalConfig, run_eval, "Recall@K, median and mean rank in both directions (COCO 1K/5K, Flickr30K 1K).",
         consumes={"checkpoint": "checkpoint", "store": "store"}, input_paths=("checkpoint", "store", "image_root"),
@@ -273,7 +281,7 @@ def describe_os_error(name: str, stage: Stage, cfg: StageConfig, err: OSError) -
     what, advice = _OS_ERROR_ADVICE.get(err.errno, ("cannot use", "check the path and the disk"))
     path = str(err.filename) if err.filename is not None else ""
     return (f"{name}: {what} {path}: {err.strerror}; "
-            + advice.format(option=_option_of(stage, cfg, path), resume=stage.resume_hint.format_map(vars(cfg))))
+            + advice.format(option=_option_of(stage, cfg, path), resume=stage.resume_hint(cfg)))
 
 
 def _option_of(stage: Stage, cfg: StageConfig, path: str) -> str:

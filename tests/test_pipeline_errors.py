@@ -107,15 +107,30 @@ def test_eval_checks_its_results_path_before_computing(checkpoint: Path, tmp_pat
     assert "i2t" not in result.output and not list(checkpoint.parent.glob("eval-*"))  # nothing computed
 
 
+class FullDisk:
+    """A file whose writes fail with ENOSPC after `room` bytes, as on a disk that fills up."""
+
+    def __init__(self, handle, room: int) -> None:
+        self.handle, self.room = handle, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def test_a_full_disk_during_a_checkpoint_save(make_train_store, tmp_path: Path,  # noqa: F811
                                               monkeypatch: pytest.MonkeyPatch):
     real_save, calls = torch.save, []
 
     def disk_fills_on_third_save(payload, handle, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
-            handle.write(b"the first bytes")
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if len(calls) == 3:  # the real torch.save, which reports the failed write as a RuntimeError
+            handle = FullDisk(handle, room=4096)
         return real_save(payload, handle, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", disk_fills_on_third_save)
@@ -123,7 +138,7 @@ def test_a_full_disk_during_a_checkpoint_save(make_train_store, tmp_path: Path, 
     result = run_cli(["train", "--store", str(make_train_store()), "--out-dir", str(run), *TINY_TRAIN])
     line = the_error(result)
     assert line.startswith(f"error: train: cannot write {run}/") and ": No space left on device; free some space or " \
-        f"choose another --out-dir, then continue from the last checkpoint with --resume {run}/last.pt" in line
+        f"choose another --out-dir, then continue with --resume {run}/last.pt" in line
     assert load_checkpoint(run / "last.pt")["epoch"] == 1 and not list(run.glob("*.tmp"))  # the earlier state is kept
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -71,7 +72,21 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, loss: nn.Module, opti
         **{key: progress[key] for key in PROGRESS_KEYS},
         "rng": capture_rng_state(), "vocab": vocab, "config": config, "model_spec": model_spec,
     }
-    atomic_write(path, lambda handle: torch.save(payload, handle), durable=True)
+    atomic_write(path, lambda handle: save_to_file(payload, handle), durable=True)
+
+
+def save_to_file(payload: dict, handle: BinaryIO) -> None:
+    """torch.save into an open file; a failed write (a full disk) is raised as the OSError it is.
+
+    torch's zip writer reports it as RuntimeError("[enforce fail at inline_container.cc] unexpected pos ..."),
+    with the file's OSError only as the context; the OSError names the cause and the CLI knows what to say.
+    """
+    try:
+        torch.save(payload, handle)
+    except RuntimeError as err:
+        if isinstance(err.__context__, OSError):
+            raise err.__context__ from err
+        raise
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
