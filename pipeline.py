@@ -8,6 +8,7 @@ Values are layered: dataclass default < preset < artifact of an earlier stage in
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from ablation.config import AblationConfig
 from ablation.run import run_ablation
 from common import distributed
 from common.config import StageConfig, check_known_keys, normalize_keys, option_name
+from common.files import check_writable
 from demo.run import DemoConfig, DemoDataConfig, run_demo, run_generate
 from extract.config import ExtractConfig
 from extract.run import ExtractFailures, run_extract
@@ -34,8 +36,19 @@ from train.config import PRESETS, TrainConfig
 from train.finetune.config import CHECKPOINT_FIELDS, FinetuneConfig
 from train.finetune.run import run_finetune
 from train.run import run_train
+from train.run_dir import BEST, LAST
 
 logger = logging.getLogger("pipeline")
+
+
+def _run_resume_hint(cfg: TrainConfig) -> str:
+    """How a train or finetune run goes on after a failed save: from its newest checkpoint, if one was written."""
+    saved = [Path(cfg.out_dir) / name for name in (LAST, BEST) if (Path(cfg.out_dir) / name).is_file()]
+    return f"continue with --resume {saved[0]}" if saved else "rerun the same command"
+
+
+def _rerun_hint(cfg: Any) -> str:
+    return "rerun the same command"
 
 
 def _no_artifacts(cfg: Any) -> dict[str, str]:
@@ -44,6 +57,27 @@ def _no_artifacts(cfg: Any) -> dict[str, str]:
 
 def _run_outputs(cfg: TrainConfig) -> dict[str, str]:
     return {"checkpoint": str(Path(cfg.out_dir) / "best.pt"), "store": cfg.store}
+
+
+@dataclass(frozen=True)
+class Output:
+    """A file or folder a stage writes, checked for writability before any stage of the chain runs."""
+
+    option: str  # the option that names it, e.g. "--out-dir"
+    path: Path
+    folder: bool  # a folder (run folder) or a file (store, results JSON)
+
+
+def _writes_file(name: str) -> Callable[[Any], list[Output]]:
+    return lambda cfg: [Output(option_name(name), Path(getattr(cfg, name)), folder=False)]
+
+
+def _writes_folder(name: str) -> Callable[[Any], list[Output]]:
+    return lambda cfg: [Output(option_name(name), Path(getattr(cfg, name)), folder=True)]
+
+
+def _no_outputs(cfg: Any) -> list[Output]:
+    return []
 
 
 @dataclass(frozen=True)
@@ -59,32 +93,38 @@ class Stage:
     hidden: tuple[str, ...] = ()  # fields the command does not offer (taken from elsewhere)
     presets: dict[str, dict] = field(default_factory=dict)  # --preset name -> field values
     distributed: bool = False  # under torchrun every rank runs it; otherwise rank 0 alone, the others wait
+    writes: Callable[[Any], list[Output]] = _no_outputs  # config -> what it writes (checked before the chain)
+    resume_hint: Callable[[Any], str] = _rerun_hint  # config -> how to go on after a full disk
 
 
 STAGES: dict[str, Stage] = {
     "extract": Stage(
         ExtractConfig, run_extract, "Stage 1: CNN features (1C / 10C) of every image into an HDF5 feature store.",
         consumes={"dataset": "dataset", "image_root": "image_root"},
-        produces=lambda cfg: {"store": cfg.out}, input_paths=("dataset", "image_root")),
+        produces=lambda cfg: {"store": cfg.out}, input_paths=("dataset", "image_root"), writes=_writes_file("out"),
+        resume_hint=lambda cfg: "rerun the same command to resume (finished rows are kept)"),
     "train": Stage(
         TrainConfig, run_train, "Stage 2: train the caption encoder and projection heads on stored features.",
         consumes={"store": "store"}, produces=_run_outputs, input_paths=("store", "resume"), presets=PRESETS,
-        distributed=True),
+        distributed=True, writes=_writes_folder("out_dir"), resume_hint=_run_resume_hint),
     "finetune": Stage(
         FinetuneConfig, run_finetune,
         "Stage 3: fine-tune the CNN end to end on random crops of the raw images. The model, loss and vocabulary "
         "options come from the train-stage checkpoint.",
         consumes={"checkpoint": "checkpoint", "store": "store"}, produces=_run_outputs,
-        input_paths=("checkpoint", "store", "image_root", "resume"), hidden=CHECKPOINT_FIELDS, distributed=True),
+        input_paths=("checkpoint", "store", "image_root", "resume"), hidden=CHECKPOINT_FIELDS, distributed=True,
+        writes=_writes_folder("out_dir"), resume_hint=_run_resume_hint),
     "eval": Stage(
         EvalConfig, run_eval, "Recall@K, median and mean rank in both directions (COCO 1K/5K, Flickr30K 1K).",
-        consumes={"checkpoint": "checkpoint", "store": "store"}, input_paths=("checkpoint", "store", "image_root")),
+        consumes={"checkpoint": "checkpoint", "store": "store"}, input_paths=("checkpoint", "store", "image_root"),
+        writes=lambda cfg: [Output("--out", cfg.results_path(), folder=False)]),
     "encode": Stage(
         EncodeConfig, run_encode,
         "Embeddings of a store split, images (files or folders) or a text file of sentences into one HDF5 file, "
         "with the model's provenance; resumable.",
         consumes={"checkpoint": "checkpoint"}, produces=lambda cfg: {"embeddings": cfg.out},
-        input_paths=("checkpoint", "store", "images", "texts", "image_root", "weights")),
+        input_paths=("checkpoint", "store", "images", "texts", "image_root", "weights"),
+        writes=_writes_file("out")),
     "search": Stage(
         SearchConfig, run_search,
         "Top-k images for sentences (--text) and top-k captions for images (--image), over an embeddings file or a "
@@ -95,19 +135,21 @@ STAGES: dict[str, Stage] = {
         ExportConfig, run_export, "A weights-only model file of a checkpoint (no optimizer or RNG state) that "
         "eval, encode, search and the Python API load like the checkpoint.",
         consumes={"checkpoint": "checkpoint"}, produces=lambda cfg: {"checkpoint": cfg.out},
-        input_paths=("checkpoint",)),
+        input_paths=("checkpoint",), writes=_writes_file("out")),
     "demo": Stage(
-        DemoConfig, run_demo, "Generate the synthetic demo dataset and run every stage on it (CPU, a few minutes)."),
+        DemoConfig, run_demo, "Generate the synthetic demo dataset and run every stage on it (CPU, a few minutes).",
+        writes=_writes_folder("out_dir")),
     "demo-data": Stage(
         DemoDataConfig, run_generate, "Only render the synthetic demo dataset (Karpathy JSON + images) into --out-dir.",
-        produces=lambda cfg: {"dataset": str(Path(cfg.out_dir) / "dataset_demo.json"), "image_root": cfg.out_dir}),
+        produces=lambda cfg: {"dataset": str(Path(cfg.out_dir) / "dataset_demo.json"), "image_root": cfg.out_dir},
+        writes=_writes_folder("out_dir")),
     "ablate": Stage(
         AblationConfig, run_ablation,
         "Grid of losses x image features x text pooling with one seed and budget; Markdown + JSON table.",
-        consumes={"store": "store"}, input_paths=("store",)),
+        consumes={"store": "store"}, input_paths=("store",), writes=_writes_folder("out_dir")),
     "merge": Stage(
         MergeConfig, run_merge, "Join the stores written by `extract --shard i/n` into one store.",
-        produces=lambda cfg: {"store": cfg.out}, input_paths=("shards",)),
+        produces=lambda cfg: {"store": cfg.out}, input_paths=("shards",), writes=_writes_file("out")),
 }
 
 
@@ -220,11 +262,67 @@ def build_plan(steps: list[tuple[str, dict]], file_sections: dict[str, dict]) ->
             for path in _paths_of(getattr(cfg, field_name, "")):
                 if path not in produced and not Path(path).exists():
                     raise FileNotFoundError(f"{name}: {option_name(field_name)} {path} does not exist")
+        for output in stage.writes(cfg):
+            try:
+                check_writable(output.path, folder=output.folder)
+            except OSError as err:
+                raise StageOSError(name, stage, cfg, err) from err
         outputs = stage.produces(cfg)
         artifacts.update(outputs)
         produced.update(outputs.values())
         plan.append((stage, cfg))
     return plan
+
+
+class StageOSError(Exception):
+    """An OSError of one stage, with what the CLI needs to say it in one line."""
+
+    def __init__(self, name: str, stage: Stage, cfg: StageConfig, err: OSError) -> None:
+        super().__init__(describe_os_error(name, stage, cfg, err))
+
+
+# errno -> (what could not be done, what to do); {option} names the path's option, {resume} the stage's resume hint
+_OS_ERROR_ADVICE = {
+    errno.EACCES: ("cannot access", "fix its permissions or choose another {option}"),
+    errno.EROFS: ("cannot write", "choose another {option}, on a writable disk"),
+    errno.ENOSPC: ("cannot write", "free some space or choose another {option}, then {resume}"),
+    errno.EISDIR: ("cannot write", "give {option} a file path, not a folder"),
+    errno.ENOTDIR: ("cannot create", "remove that file or choose another {option}"),
+    errno.EEXIST: ("cannot create", "a file is in the way: remove it or choose another {option}"),
+}
+_OS_ERROR_ADVICE[errno.EPERM] = _OS_ERROR_ADVICE[errno.EACCES]
+_OS_ERROR_ADVICE[errno.EDQUOT] = _OS_ERROR_ADVICE[errno.ENOSPC]
+
+
+def describe_os_error(name: str, stage: Stage, cfg: StageConfig, err: OSError) -> str:
+    """One line for an OSError of stage `name`: '<stage>: <what> <path>: <reason>; <what to do>'.
+
+    An OSError this project raises with a whole sentence (no errno: a missing input, a store in use, a full
+    disk found before writing) is said as it is.
+    """
+    if err.strerror is None:
+        return str(err)
+    what, advice = _OS_ERROR_ADVICE.get(err.errno, ("cannot use", "check the path and the disk"))
+    path = str(err.filename) if err.filename is not None else ""
+    return (f"{name}: {what} {path}: {err.strerror}; "
+            + advice.format(option=_option_of(stage, cfg, path), resume=stage.resume_hint(cfg)))
+
+
+def _option_of(stage: Stage, cfg: StageConfig, path: str) -> str:
+    """The option naming `path`: an output it belongs to (inside it, on the way to it, or a file beside it named
+    after it, like STORE.h5.partial), else the option whose value holds it (the longest), else "path"."""
+    if not path:
+        return "path"
+    target = Path(os.path.abspath(path))
+    for output in stage.writes(cfg):
+        written = Path(os.path.abspath(output.path))
+        if (target.is_relative_to(written) or written.is_relative_to(target)
+                or (target.parent == written.parent and target.name.startswith(written.name))):
+            return output.option
+    matches = [(len(value), option_name(spec.name)) for spec in dataclasses.fields(cfg)
+               if isinstance(value := getattr(cfg, spec.name), str) and value
+               and target.is_relative_to(os.path.abspath(value))]
+    return max(matches)[1] if matches else "path"
 
 
 def _paths_of(value: Any) -> list[str]:
@@ -268,17 +366,19 @@ def _run_chain(ctx: click.Context, steps: list[tuple[str, dict]], config_file: s
                dist_timeout: float) -> None:
     try:
         plan = build_plan(steps, _read_config_file(config_file))
-    except (ValueError, FileNotFoundError, TypeError, json.JSONDecodeError) as err:
+    except (ValueError, OSError, TypeError, json.JSONDecodeError, StageOSError) as err:
         _fail(ctx, f"error: {err}", 2)
     context = distributed.init_from_environment(timeout_minutes=dist_timeout)
-    for stage, cfg in plan:
+    for name, (stage, cfg) in zip([step for step, _ in steps], plan):
         try:
             if stage.distributed or context.is_main:
                 stage.run(cfg)
             if not stage.distributed:
                 context.barrier()  # the next stage may read what rank 0 just wrote
-        except (ValueError, FileNotFoundError) as err:
+        except ValueError as err:
             _fail(ctx, f"error: {err}", 2)
+        except OSError as err:  # FileNotFoundError of a stage's own checks, and the file system's errors
+            _fail(ctx, f"error: {describe_os_error(name, stage, cfg, err)}", 2)
         except KeyboardInterrupt as interrupt:  # train/finetune say how to resume; extract resumes as it is
             _fail(ctx, f"interrupted: {interrupt or 'rerun the same command to resume'}", 130)
         except ExtractFailures as err:  # --strict and some images could not be read

@@ -1,10 +1,26 @@
 """Device choice and mixed precision, shared by every stage that runs a network."""
 
 import contextlib
+import os
 
 import torch
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+MAX_DEFAULT_WORKERS = 4  # decoding workers beyond this rarely help one CNN keep up
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """DataLoader workers when none are given: min(4, available CPU cores), so a small machine is not
+    oversubscribed (torch warns when workers exceed the cores)."""
+    return min(MAX_DEFAULT_WORKERS, available_cpus())
 
 
 def resolve_device(device: str) -> torch.device:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -30,6 +31,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], *, durab
                 tmp_file.flush()
                 os.fsync(tmp_file.fileno())
         os.replace(tmp_name, path)
+    except OSError as err:
+        Path(tmp_name).unlink(missing_ok=True)
+        if err.filename is None and err.strerror is not None:  # a write into the open file (a full disk)
+            err.filename = str(path)  # names no file: name the target
+        raise
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -50,3 +56,28 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, data: object) -> Path:
     """Write `data` as indented JSON (one trailing newline) to `path` atomically."""
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def check_writable(path: str | Path, *, folder: bool) -> None:
+    """Raise the OSError that creating `path` (a file, or a folder when `folder`) would raise, writing nothing.
+
+    Found: a folder where a file is wanted or the reverse (IsADirectoryError / NotADirectoryError), a file
+    among the parents (NotADirectoryError naming it), a read-only file system (EROFS) or no permission
+    (PermissionError) in the nearest existing folder. Permissions are asked with os.access, so for root,
+    whose writes ignore them, only a read-only file system fails, as its writes would.
+    """
+    path = Path(path)
+    if path.exists() and folder != path.is_dir():
+        if folder:
+            raise NotADirectoryError(errno.ENOTDIR, f"{os.strerror(errno.ENOTDIR)} (it is a file)", str(path))
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    nearest = path if path.is_dir() else path.parent  # the folder the output is created in
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{os.strerror(errno.ENOTDIR)} ({nearest} is a file)", str(path))
+    for target in ([path] if path.is_file() else []) + [nearest]:
+        if os.statvfs(target).f_flag & os.ST_RDONLY:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(target))
+        if not os.access(target, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(target))

@@ -7,6 +7,7 @@ from pathlib import Path
 from common.choices import AMP_MODES, CROP_COUNTS, DEVICES, FEATURE_DTYPES
 from common.config import StageConfig
 from extract.backbones import BACKBONES
+from extract.loader import DEFAULT_IMAGE_TIMEOUT_S
 from features.datasets import DATASET_FORMATS
 
 
@@ -56,9 +57,15 @@ class ExtractConfig(StageConfig):
     batch_size: int = field(default=32, metadata={
         "help": "images per batch; all crops of a batch go through the CNN as one batch "
                 "(batch_size * crops crops)"})
-    # DataLoader processes that decode + resize + crop
-    workers: int = field(default=4, metadata={
-        "help": "DataLoader worker processes for decode, resize and crop (0 = in the main process)"})
+    # DataLoader processes that decode + resize + crop; None = common.device.default_workers()
+    workers: int | None = field(default=None, metadata={
+        "help": "DataLoader worker processes for decode, resize and crop (0 = in the main process; "
+                "default: min(4, the CPU cores this process may use))"})
+    # seconds one image may take; with workers, a batch may take image_timeout * (batch_size + 2)
+    image_timeout: float = field(default=DEFAULT_IMAGE_TIMEOUT_S, metadata={
+        "help": "seconds one image may take to open and decode before it is marked failed (0 = no limit); "
+                "with --workers a batch that takes longer than image-timeout x (batch-size + 2) stops the "
+                "run (resumable), since a decoder stuck in C code cannot be interrupted"})
     # "" = all rows; "i/n" = the i-th of n contiguous row blocks (0-based)
     shard: str = field(default="", metadata={
         "help": "'' for all images, or 'i/n' to extract only the i-th (0-based) of n contiguous blocks "
@@ -86,8 +93,10 @@ class ExtractConfig(StageConfig):
         super().validate()
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        if self.image_timeout < 0:
+            raise ValueError(f"--image-timeout must be >= 0 seconds (0 = no limit), got {self.image_timeout}")
         if self.max_batches is not None and self.max_batches < 0:
             raise ValueError(f"--max-batches must be >= 0, got {self.max_batches}")
         parse_shard(self.shard)

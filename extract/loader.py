@@ -1,10 +1,16 @@
 """Robust image loading for extraction: decode any PIL mode to RGB, crop, and report failures, never raise."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import stat
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +23,17 @@ logger = logging.getLogger(__name__)
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grayscale PNG/TIFF decode to these
 _ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+DEFAULT_IMAGE_TIMEOUT_S = 60.0  # one image may take this long to open and decode before it is marked failed
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+class DecodeTimeout(TimeoutError):
+    """One image took longer than its time limit to open and decode (the row is marked failed)."""
+
+
+class LoaderStalled(TimeoutError):
+    """No batch came from the DataLoader workers in time: a decode hangs where no signal reaches it."""
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -43,25 +60,75 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+def open_image_file(path: str | Path) -> BinaryIO:
+    """Open a regular file for reading; anything else (FIFO, device, directory) is an OSError at once.
+
+    The file is opened non-blocking and checked with fstat on the open descriptor, so a FIFO never blocks
+    the open or a read, and nothing can be swapped in between the check and the read.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for is_kind, name in _FILE_KINDS if is_kind(info.st_mode)), "not a regular file")
+            raise OSError(f"{kind}, not an image file")
+        if info.st_size == 0:
+            raise OSError("empty file (0 bytes)")
+        os.set_blocking(descriptor, True)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    handle = os.fdopen(descriptor, "rb")
+    handle.raw.name = str(path)  # decoders name the file in their errors
+    return handle
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise DecodeTimeout inside the block once `seconds` have passed (0 = no limit).
+
+    Uses SIGALRM, so it works only in a process's main thread (the main process, or a DataLoader worker);
+    elsewhere the block runs without a limit. Known limit: the signal interrupts blocking system calls
+    (a read from a hung network share) and Python code, but C code that loops without returning (a decoder
+    spinning on a hostile file) is only stopped by the DataLoader timeout (`make_loader(stall_timeout=)`).
+    """
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise DecodeTimeout(f"not decoded within {seconds:g} s (--image-timeout)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def load_crops(path: str | Path, crops: int) -> torch.Tensor:
     """Open, fully decode, convert to RGB and crop one image -> uint8 [crops, 3, 224, 224]. May raise."""
-    path = Path(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise OSError("empty file (0 bytes)")
-    with Image.open(path) as image:
+    with open_image_file(path) as handle, Image.open(handle) as image:
         image.load()  # decode now: truncated files raise here (LOAD_TRUNCATED_IMAGES stays False)
         return crop_image(to_rgb(image), crops)
 
 
 class ImageDataset(Dataset):
-    """Items (row index, absolute path) -> (index, uint8 crops [crops, 3, 224, 224]) or (index, error str)."""
+    """Items (row index, absolute path) -> (index, uint8 crops [crops, 3, 224, 224]) or (index, error str).
 
-    def __init__(self, indices: Sequence[int], paths: Sequence[str | Path], *, crops: int) -> None:
+    Each image gets `timeout_s` seconds to open and decode (time_limit) before it becomes a failure record.
+    """
+
+    def __init__(self, indices: Sequence[int], paths: Sequence[str | Path], *, crops: int,
+                 timeout_s: float = DEFAULT_IMAGE_TIMEOUT_S) -> None:
         if len(indices) != len(paths):
             raise ValueError(f"{len(indices)} indices but {len(paths)} paths")
         self.indices = [int(i) for i in indices]
         self.paths = [str(p) for p in paths]
         self.crops = crops
+        self.timeout_s = timeout_s
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -69,7 +136,8 @@ class ImageDataset(Dataset):
     def __getitem__(self, position: int) -> tuple[int, torch.Tensor | str]:
         index, path = self.indices[position], self.paths[position]
         try:
-            return index, load_crops(path, self.crops)
+            with time_limit(self.timeout_s):
+                return index, load_crops(path, self.crops)
         except Exception as error:  # any decode failure becomes a failure record, the run goes on
             return index, f"{type(error).__name__}: {error}"
 
@@ -113,8 +181,46 @@ class _Collate:
         return collate_crops(items, crops=self.crops)
 
 
-def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
-    """Ordered DataLoader over ``dataset``; workers decode + resize + crop, the main process runs the CNN."""
+def stall_timeout(image_timeout_s: float, batch_size: int) -> float:
+    """How long to wait for a batch from the workers: every image of it may take its full time limit, plus
+    two more limits for a worker's start and the queue (0 = no limit)."""
+    return image_timeout_s * (batch_size + 2)
+
+
+def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int, pin_memory: bool,
+                stall_timeout: float = 0.0) -> DataLoader:
+    """Ordered DataLoader over ``dataset``; workers decode + resize + crop, the main process runs the CNN.
+
+    With workers, `stall_timeout` > 0 makes a batch that does not come within that many seconds an error
+    (iterate with `iter_batches` to get it as LoaderStalled naming the rows).
+    """
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=_Collate(dataset.crops), pin_memory=pin_memory,
-                      prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
+                      prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
+                      timeout=stall_timeout if workers > 0 else 0)
+
+
+def iter_batches(loader: DataLoader) -> Iterator[CropBatch]:
+    """Iterate an ImageDataset loader; a worker timeout becomes LoaderStalled naming the batch that did not come.
+
+    The workers are shut down (joined, then terminated) before LoaderStalled is raised, so none is left.
+    """
+    iterator, position = iter(loader), 0
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError as err:  # torch says "DataLoader timed out after N seconds" and nothing more specific
+            if "timed out" not in str(err):
+                raise
+        else:
+            position += len(batch)
+            yield batch
+            continue
+        del iterator  # the last reference: torch's __del__ shuts the workers down
+        dataset = loader.dataset
+        rows = dataset.indices[position:position + loader.batch_size]
+        raise LoaderStalled(f"no batch from the decode workers within {loader.timeout:g} s: an image of rows "
+                            f"{rows[0]}..{rows[-1]} hangs while decoding (the first is {dataset.paths[position]}); "
+                            "every finished row is kept: fix or remove that image and rerun the same command")

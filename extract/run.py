@@ -1,8 +1,10 @@
 """run_extract(cfg): CNN features of every image of a dataset into a resumable HDF5 feature store."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,14 +17,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.device import autocast_context, resolve_device
+from common.device import autocast_context, default_workers, resolve_device
 from extract.backbones import FeatureBackbone, build_backbone
 from extract.config import ExtractConfig, config_json_path, parse_shard
-from extract.loader import ImageDataset, make_loader
+from extract.loader import ImageDataset, LoaderStalled, iter_batches, make_loader, stall_timeout
 from extract.transforms import CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE, normalize
-from extract.weights import NO_WEIGHTS, resolve_weights
-from features.datasets import DatasetIndex, load_dataset, validate_image_root
-from features.schema import CENTER_CROP_INDEX
+from extract.weights import NO_WEIGHTS, is_weights_path, resolve_weights
+from features.datasets import DatasetIndex, check_image_paths, load_dataset, validate_image_root
+from features.disk import NO_SPACE_ERRNOS, StoreSpaceError
+from features.schema import CENTER_CROP_INDEX, PROVENANCE_ATTRS, Status
 from features.store import FeatureStoreWriter
 
 logger = logging.getLogger(__name__)
@@ -35,6 +38,17 @@ class ExtractFailures(RuntimeError):
         super().__init__(f"{summary['failed']} image(s) could not be read (see images/error in "
                          f"{summary['store']}); fix or remove them and rerun with --retry-failed")
         self.summary = summary
+
+
+class UnreadableImages(ValueError):
+    """None, or too few, of the images could be read: most likely a wrong --image-root, not bad files."""
+
+
+# A run fails as a whole when more than this share of the shard's finished rows (done or failed) could not be
+# read. Real datasets have a few bad files (COCO and Flickr30K none, web-scraped sets a few percent); a wrong
+# --image-root makes every image fail. One half sits far from both: a run with a few bad files is a success
+# with a report, and one that read less than half of its images is an error, however many it read.
+MAX_FAILED_SHARE = 0.5
 
 
 def embed_crops(model: nn.Module, crops_uint8: torch.Tensor, *, device: torch.device, amp: str = "none",
@@ -72,25 +86,72 @@ def store_attrs(cfg: ExtractConfig, backbone: FeatureBackbone, *, weights_name: 
             "dataset_path": str(Path(cfg.dataset).resolve()), "shard": cfg.shard}
 
 
-def _open_store(cfg: ExtractConfig, dataset: DatasetIndex, attrs: dict, feature_dim: int) -> FeatureStoreWriter:
-    """Create the store, or reopen it to resume (same config and dataset required unless overwrite)."""
+def _open_store(cfg: ExtractConfig, dataset: DatasetIndex, attrs: dict, feature_dim: int, *, scope: np.ndarray,
+                missing: np.ndarray) -> tuple[FeatureStoreWriter, np.ndarray]:
+    """Create the store, or reopen it to resume; return it and the rows to extract (of the shard's `scope`).
+
+    A resume needs the same config and dataset (unless overwrite) and records a new image_root and dataset
+    path. Nothing is written when every row to extract is missing under the image root (UnreadableImages).
+    """
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        writer = FeatureStoreWriter.open_existing(out, expected_attrs=attrs, dataset=dataset)
+    if not (out.exists() and not cfg.overwrite):
+        _refuse_missing_images(cfg, dataset, scope, missing)
+        writer = FeatureStoreWriter.create(out, dataset, attrs=attrs, feature_dim=feature_dim, crops=cfg.crops,
+                                           dtype=cfg.dtype, replace=cfg.overwrite)
+        return writer, scope
+    writer = FeatureStoreWriter.open_existing(out, expected_attrs=attrs, dataset=dataset)
+    try:
         if writer.attrs.get("shard", "") != cfg.shard:
-            writer.close()
             raise ValueError(f"{out} holds shard {writer.attrs.get('shard')!r}, not {cfg.shard!r}; use the same "
                              f"--shard to resume, another --out, or --overwrite")
-        return writer
-    return FeatureStoreWriter.create(out, dataset, attrs=attrs, feature_dim=feature_dim, crops=cfg.crops,
-                                     dtype=cfg.dtype)
+        rows = np.intersect1d(writer.pending_indices(retry_failed=cfg.retry_failed), scope)
+        _refuse_missing_images(cfg, dataset, rows, missing)
+        writer.reserve_space()
+        writer.update_provenance({key: attrs[key] for key in PROVENANCE_ATTRS})
+    except BaseException:
+        writer.close()
+        raise
+    return writer, rows
+
+
+def _refuse_missing_images(cfg: ExtractConfig, dataset: DatasetIndex, rows: np.ndarray, missing: np.ndarray) -> None:
+    """UnreadableImages when there are rows to extract and not one of their files exists."""
+    if len(rows) and np.isin(rows, missing).all():
+        first = Path(cfg.image_root) / dataset.image_paths[rows[0]]
+        raise UnreadableImages(f"none of the {len(rows)} images to extract exists under --image-root "
+                               f"{cfg.image_root} (the first would be {first}): is it the folder the dataset's "
+                               "paths are relative to?")
+
+
+def _check_failures(cfg: ExtractConfig, writer: FeatureStoreWriter, scope: np.ndarray, tried: np.ndarray) -> None:
+    """UnreadableImages when more than MAX_FAILED_SHARE of the shard's finished rows failed; else a retry hint.
+
+    `tried` are the rows this run read: when none of the failures is among them, they are an earlier run's.
+    """
+    status = writer.status()
+    failed_rows = scope[status[scope] == Status.FAILED]
+    if not len(failed_rows):
+        return
+    failed, finished = len(failed_rows), int((status[scope] != Status.PENDING).sum())
+    reason = f"the first, row {failed_rows[0]}: {writer.failure(failed_rows[0])}"
+    if failed <= MAX_FAILED_SHARE * finished:
+        logger.warning("%d image(s) could not be read (images/error in %s says why; %s); fix them and rerun with "
+                       "--retry-failed to read them again", failed, cfg.out, reason)
+    elif np.isin(failed_rows, tried).any():
+        raise UnreadableImages(f"{failed} of {finished} images could not be read under --image-root "
+                               f"{cfg.image_root} ({reason}): is it the folder the dataset's paths are relative "
+                               "to? Fix it and rerun with --retry-failed")
+    else:
+        raise UnreadableImages(f"{failed} of {finished} images of {cfg.out} are marked failed by an earlier run "
+                               f"({reason}); rerun with --retry-failed to read them again (with the right "
+                               "--image-root if that was wrong)")
 
 
 def _extract_rows(cfg: ExtractConfig, model: nn.Module, writer: FeatureStoreWriter, loader: DataLoader, *,
                   device: torch.device, progress: tqdm) -> int:
     """Run the CNN over the loader's batches and write them; return the number of rows handled."""
     handled = 0
-    for batch in itertools.islice(loader, cfg.max_batches):  # max_batches None = all batches
+    for batch in itertools.islice(iter_batches(loader), cfg.max_batches):  # max_batches None = all batches
         if batch.failed_indices:
             for index, error in zip(batch.failed_indices, batch.errors):
                 logger.warning("image row %d failed: %s", index, error)
@@ -107,14 +168,37 @@ def _extract_rows(cfg: ExtractConfig, model: nn.Module, writer: FeatureStoreWrit
     return handled
 
 
+def _extract_or_stop_cleanly(cfg: ExtractConfig, model: nn.Module, writer: FeatureStoreWriter,
+                             loader: DataLoader, *, device: torch.device) -> int:
+    """_extract_rows with a progress bar; Ctrl-C, a full disk or hung workers flush what is done and stop
+    with the store resumable (the rows being written stay pending)."""
+    with tqdm(total=len(loader.dataset), unit="img", desc=f"extract {cfg.backbone}", mininterval=1.0) as progress:
+        try:
+            return _extract_rows(cfg, model, writer, loader, device=device, progress=progress)
+        except (KeyboardInterrupt, LoaderStalled):
+            writer.flush()
+            counts = writer.summary()
+            logger.warning("stopped: %d of %d images done, %d failed; the store %s is valid, rerun the "
+                           "same command to resume", counts["done"], counts["total"], counts["failed"], cfg.out)
+            raise
+        except OSError as err:
+            if err.errno not in NO_SPACE_ERRNOS:
+                raise
+            counts = writer.summary()  # the statuses in memory: what the file holds as done
+            raise StoreSpaceError(f"the disk of {cfg.out} is full ({os.strerror(err.errno)}) after "
+                                  f"{counts['done']} of {counts['total']} images; the store keeps them: free some "
+                                  "space and rerun the same command to resume") from err
+
+
 def run_extract(cfg: ExtractConfig) -> dict:
     """Extract features for the pending rows (of the shard) and return a summary dict.
 
-    Every user error (bad option, dataset file, image root, weights) is raised as ValueError or
-    FileNotFoundError before anything is written. Rerunning the same command resumes; done rows are
-    never recomputed. Ctrl-C leaves a valid store. With ``cfg.strict``, raises ExtractFailures at the
-    end if any image could not be read. Summary keys: store, done, failed, pending, total,
-    processed, seconds, images_per_s, file_bytes.
+    Every user error (bad option, dataset file, image paths outside the root, image root, weights, disk
+    space, a store in use) is raised as ValueError or OSError before anything is written. Rerunning the
+    same command resumes; done rows are never recomputed. Ctrl-C, a full disk (StoreSpaceError) or a hung
+    decode (LoaderStalled) leave a valid store. UnreadableImages when most images could not be read; with
+    ``cfg.strict``, ExtractFailures at the end if any could not. Summary keys: store, done, failed, pending,
+    total, processed, seconds, images_per_s, file_bytes.
     """
     cfg.validate()
     device = resolve_device(cfg.device)
@@ -122,45 +206,49 @@ def run_extract(cfg: ExtractConfig) -> dict:
         raise ValueError(f"amp {cfg.amp!r} applies on cuda only; the device is {device.type}: use --amp none")
     dataset = load_dataset(cfg.dataset, cfg.dataset_format)
     image_root = validate_image_root(cfg.image_root)
+    missing = check_image_paths(dataset, image_root, source=cfg.dataset)
     if not Path(cfg.out).resolve().parent.is_dir():
         raise FileNotFoundError(f"output folder of {cfg.out!r} does not exist; create it first")
     weights_path, weights_name, weights_sha256 = resolve_weights(cfg.backbone, cfg.weights)
     model = build_backbone(cfg.backbone, weights_path, seed=cfg.seed)
     attrs = store_attrs(cfg, model, weights_name=weights_name, weights_sha256=weights_sha256)
-    writer = _open_store(cfg, dataset, attrs, model.feature_dim)
+    scope = shard_rows(dataset.num_images, cfg.shard)
+    writer, rows = _open_store(cfg, dataset, attrs, model.feature_dim, scope=scope, missing=missing)
     with writer:
         config_json = config_json_path(cfg.out)
-        cfg.save_json(config_json)
+        absolute_paths(cfg, weights_path).save_json(config_json)
         model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
-        scope = shard_rows(dataset.num_images, cfg.shard)
-        rows = np.intersect1d(writer.pending_indices(retry_failed=cfg.retry_failed), scope)
-        logger.info("extracting %d of %d images with %s (%s, %s) on %s, crops=%d, batch %d; config in %s",
-                    len(rows), dataset.num_images, cfg.backbone, model.layer_name, attrs["weights_name"], device,
-                    cfg.crops, cfg.batch_size, config_json)
+        workers = default_workers() if cfg.workers is None else cfg.workers
+        logger.info("extracting %d of %d images with %s (%s, %s) on %s, crops=%d, batch %d, %d workers; config in "
+                    "%s", len(rows), dataset.num_images, cfg.backbone, model.layer_name, attrs["weights_name"],
+                    device, cfg.crops, cfg.batch_size, workers, config_json)
         image_dataset = ImageDataset(rows.tolist(), [str(image_root / dataset.image_paths[r]) for r in rows],
-                                     crops=cfg.crops)
-        loader = make_loader(image_dataset, batch_size=cfg.batch_size, workers=cfg.workers,
-                             pin_memory=device.type == "cuda")
+                                     crops=cfg.crops, timeout_s=cfg.image_timeout)
+        loader = make_loader(image_dataset, batch_size=cfg.batch_size, workers=workers,
+                             pin_memory=device.type == "cuda",
+                             stall_timeout=stall_timeout(cfg.image_timeout, cfg.batch_size))
         start = time.perf_counter()
-        with tqdm(total=len(rows), unit="img", desc=f"extract {cfg.backbone}", mininterval=1.0) as progress:
-            try:
-                handled = _extract_rows(cfg, model, writer, loader, device=device, progress=progress)
-            except KeyboardInterrupt:
-                writer.flush()
-                counts = writer.summary()
-                logger.warning("interrupted: %d of %d images done, %d failed; the store %s is valid, rerun the "
-                               "same command to resume", counts["done"], counts["total"], counts["failed"], cfg.out)
-                raise
+        handled = _extract_or_stop_cleanly(cfg, model, writer, loader, device=device)
         counts = writer.summary()
         pending = len(np.intersect1d(writer.pending_indices(), scope))
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        logger.info("done %d, failed %d, pending %d of %d images; %.1f images/s; %s: %.1f MB", counts["done"],
+                    counts["failed"], pending, counts["total"], handled / seconds if seconds > 0 else 0.0,
+                    cfg.out, Path(cfg.out).stat().st_size / 1e6)
+        _check_failures(cfg, writer, scope, tried=rows)
     summary = {"store": str(cfg.out), "done": counts["done"], "failed": counts["failed"], "pending": pending,
                "total": counts["total"], "processed": handled, "seconds": seconds,
                "images_per_s": handled / seconds if seconds > 0 else 0.0,
                "file_bytes": Path(cfg.out).stat().st_size}
-    logger.info("done %d, failed %d, pending %d of %d images; %.1f images/s; %s: %.1f MB", summary["done"],
-                summary["failed"], pending, summary["total"], summary["images_per_s"], cfg.out,
-                summary["file_bytes"] / 1e6)
     if cfg.strict and summary["failed"]:
         raise ExtractFailures(summary)
     return summary
+
+
+def absolute_paths(cfg: ExtractConfig, weights_path: Path | None) -> ExtractConfig:
+    """The config as saved beside the store: dataset, image root, store and a weights file as absolute paths,
+    so that later stages (finetune rebuilds the CNN from it) work from any folder."""
+    weights = str(weights_path) if is_weights_path(cfg.backbone, cfg.weights) else cfg.weights
+    return dataclasses.replace(cfg, dataset=str(Path(cfg.dataset).resolve()),
+                               image_root=str(Path(cfg.image_root).resolve()), out=str(Path(cfg.out).resolve()),
+                               weights=weights)

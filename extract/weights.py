@@ -48,6 +48,11 @@ def torchvision_weights_file(backbone: str, enum_name: str = DEFAULT_WEIGHTS) ->
     return weights_enum[enum_name].url.rsplit("/", 1)[-1]
 
 
+def is_weights_path(backbone: str, spec: str) -> bool:
+    """True when a --weights value names a file (not 'none', 'default' or a torchvision weights name)."""
+    return spec not in (NO_WEIGHTS, DEFAULT_WEIGHTS) and spec not in get_model_weights(backbone).__members__
+
+
 def resolve_weights(backbone: str, spec: str) -> tuple[Path | None, str, str]:
     """Turn a ``--weights`` value into (file path or None, weights name, sha256 hex or "").
 
@@ -57,7 +62,7 @@ def resolve_weights(backbone: str, spec: str) -> tuple[Path | None, str, str]:
     """
     if spec == NO_WEIGHTS:
         return None, NO_WEIGHTS, ""
-    if spec != DEFAULT_WEIGHTS and spec not in get_model_weights(backbone).__members__:
+    if is_weights_path(backbone, spec):
         path = Path(spec).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights file {str(path)!r} does not exist; --weights takes an existing "

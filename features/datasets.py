@@ -3,7 +3,9 @@
 import hashlib
 import json
 import logging
+import os
 import posixpath
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ DATASET_FORMATS = ("auto", "karpathy", "tsv")
 TSV_HEADER_COLUMNS = ("image_path", "caption", "split")
 # A TSV without a split column gets splits from a stable hash of the image path (see hash_split).
 HASH_SPLIT_FRACTIONS = (("train", 0.90), ("val", 0.05), ("test", 0.05))
+# Below this many val or test images, recall is too noisy to compare runs (one image moves R@1 by 5 points).
+MIN_EVAL_IMAGES = 20
 
 
 @dataclass
@@ -61,6 +65,37 @@ def validate_image_root(root: str | Path) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"image root {str(root)!r} is a file, not a directory; pass the images folder")
     return root
+
+
+def check_image_paths(dataset: DatasetIndex, image_root: Path, *, source: str | Path) -> np.ndarray:
+    """Refuse image paths that lead outside `image_root`; return the sorted rows whose file does not exist.
+
+    A path is outside when it is absolute, climbs out with `..`, or goes through a symlink (folder or file)
+    pointing elsewhere: the check follows symlinks (realpath), so the images read are exactly those under
+    the root. ValueError names the first offending row. One lstat per image, one realpath per folder.
+    Known limit: checked once before extraction; a symlink swapped in afterwards is not seen.
+    """
+    real_root = os.path.realpath(image_root)
+    inside = real_root.rstrip(os.sep) + os.sep  # strings, not Paths: this runs once per image (COCO: 123K)
+    real_folders: dict[str, str] = {}
+    missing = []
+    for row, image_path in enumerate(dataset.image_paths):
+        folder, name = posixpath.split(image_path)
+        if "\x00" in image_path or not name or name in (".", ".."):
+            raise ValueError(f"{source}: image {row} has the path {image_path!r}, which is not a file name")
+        if folder not in real_folders:
+            real_folders[folder] = os.path.realpath(os.path.join(real_root, folder))
+        real = os.path.join(real_folders[folder], name)
+        try:
+            if stat.S_ISLNK(os.lstat(real).st_mode):
+                real = os.path.realpath(real)
+        except (FileNotFoundError, NotADirectoryError):  # not there, or a file where a folder should be
+            missing.append(row)
+        if not real.startswith(inside):
+            raise ValueError(f"{source}: image {row} path {image_path!r} leads to {real!r}, outside --image-root "
+                             f"{str(image_root)!r}; image paths must be relative to the image root and stay inside "
+                             "it (no absolute paths, no '..', no symlinks to elsewhere)")
+    return np.asarray(missing, dtype=np.int64)
 
 
 def hash_split(image_path: str) -> str:
@@ -255,6 +290,11 @@ def load_tsv(path: str | Path) -> DatasetIndex:
     if num_columns == 2 and image_paths:
         logger.info("%s has no split column: splits assigned by sha1 of the image path "
                     "(train 90%%, val 5%%, test 5%%)", path)
+        sizes = {split: image_splits.count(split) for split in ("val", "test")}
+        if min(sizes.values()) < MIN_EVAL_IMAGES:
+            logger.warning("%s: the hash split leaves %d val and %d test images (fewer than %d): recall on so few "
+                           "images is noisy; add a split column (image_path<TAB>caption<TAB>split) to choose them",
+                           path, sizes["val"], sizes["test"], MIN_EVAL_IMAGES)
     return _finish(image_paths=image_paths, image_splits=image_splits, caption_texts=caption_texts,
                    caption_tokens=None, caption_image_index=caption_image_index, source=path)
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from common.choices import CROP_COUNTS, FEATURE_DTYPES
 from features.datasets import validate_split_names
+from features.disk import in_use_error, is_lock_error
 from features.rows import FeatureRows
 from features.schema import (
     CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS,
@@ -122,6 +123,9 @@ class FeatureStore:
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
+            if is_lock_error(err):
+                raise in_use_error(self.path, "an extract or a merge is writing it",
+                                   "it can be read once that process ends: wait for it or stop it") from err
             raise ValueError(f"{self.path}: cannot be opened as HDF5 ({err}); is this a feature store?") from err
         try:
             self._load()

@@ -35,6 +35,10 @@ CONFIG_ATTRS = (
 # features only if these agree (train --resume, finetune and eval check them against the checkpoint).
 CNN_ATTRS = ("backbone", "layer", "weights_name", "weights_sha256", "weights_seed", "resize", "crop", "mean", "std")
 
+# Root attributes that say where a store's inputs are, not how its features were made: a resume may change
+# them (the images moved, or the first run named the wrong --image-root), and the store records the new ones.
+PROVENANCE_ATTRS = ("image_root", "dataset_path")
+
 # Every root attribute a store carries (CONFIG_ATTRS included). The writer fills schema_version,
 # crops, dtype, feature_dim itself and, when absent, created, h5py_version and shard.
 ROOT_ATTRS = CONFIG_ATTRS + (

@@ -10,10 +10,14 @@ import numpy as np
 
 from common.choices import CROP_COUNTS, FEATURE_DTYPES
 from features.datasets import DatasetIndex, validate_split_names
+from features.disk import (
+    HOLDERS, check_free_space, held_by_another_process, in_use_error, is_lock_error, locked_partial,
+    reserve_space, unallocated_bytes,
+)
 from features.reader import attr_to_python, read_attrs, status_summary, validate_layout
 from features.rows import contiguous_runs
 from features.schema import (
-    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CONFIG_ATTRS, 
+    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CONFIG_ATTRS, PROVENANCE_ATTRS,
     FEATURES_GROUP, IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, SCHEMA_VERSION,
     TEN_CROP_ORDER, Status, feature_dataset_name,
 )
@@ -24,6 +28,14 @@ STRING_DTYPE = h5py.string_dtype("utf-8")
 # Attributes the writer derives itself; callers must give the rest of CONFIG_ATTRS.
 DERIVED_ATTRS = ("schema_version", "crops", "dtype", "feature_dim")
 FIX_HINT = "pass --overwrite to replace it, or use another --out"
+
+
+def store_bytes(dataset: DatasetIndex, *, feature_dim: int, crops: int, dtype: str) -> int:
+    """About the size of a new store: its feature datasets plus its tables (strings at their UTF-8 length)."""
+    rows = dataset.num_images * (1 + (crops if crops == len(TEN_CROP_ORDER) else 0))
+    features = rows * feature_dim * np.dtype(dtype).itemsize
+    text = sum(len(item.encode("utf-8")) + 16 for item in dataset.image_paths + dataset.caption_texts)
+    return features + text + 32 * (dataset.num_images + dataset.num_captions) + (1 << 20)  # 1 MB of metadata
 
 
 def attr_to_hdf5(key: str, value: object) -> object:
@@ -94,6 +106,18 @@ def _create_contiguous(group: h5py.Group, name: str, shape: tuple[int, ...], dty
     h5py.h5d.create(group.id, name.encode("utf-8"), h5py.h5t.py_create(np.dtype(dtype)), space, dcpl=dcpl)
 
 
+def _check_replaceable(path: Path, *, replace: bool) -> None:
+    """A new store may take `path` only when nothing is there, or `replace` and no process holds it open."""
+    if not path.exists():
+        return
+    if not replace:
+        raise FileExistsError(f"{path} was created by another process meanwhile; rerun the same command to "
+                              "resume it, or pass --overwrite to replace it")
+    if held_by_another_process(path):
+        raise in_use_error(path, HOLDERS, "--overwrite does not replace a store in use: wait for that process "
+                           "to finish or stop it, or use another --out")
+
+
 def _write_tables(h5file: h5py.File, dataset: DatasetIndex) -> None:
     num_images = len(dataset.image_paths)
     h5file.create_dataset(IMAGES_PATH, data=np.array(dataset.image_paths, dtype=object), dtype=STRING_DTYPE)
@@ -129,12 +153,15 @@ class FeatureStoreWriter:
 
     @classmethod
     def create(cls, path: str | Path, dataset: DatasetIndex, *, attrs: dict, feature_dim: int, crops: int,
-               dtype: str) -> "FeatureStoreWriter":
-        """Create a store with every row pending, replacing any file at `path`.
+               dtype: str, replace: bool = True) -> "FeatureStoreWriter":
+        """Create a store with every row pending, replacing any file at `path` (unless `replace` is False).
 
-        The file is built at `path + ".partial"` and renamed only once its tables and attributes are
-        written, so an interrupted creation never leaves a file that looks like a valid store.
-        `attrs` must hold every CONFIG_ATTRS key except crops and dtype; see schema.ROOT_ATTRS.
+        The file is built at `path + ".partial"` under an exclusive lock and renamed only once its tables and
+        attributes are written, so an interrupted creation never leaves a file that looks like a valid store,
+        and a second creator gets StoreInUseError without touching the first one's file. A store another
+        process holds open is never replaced (StoreInUseError). The disk space of the whole store is checked
+        first and then allocated (StoreSpaceError when short). `attrs` must hold every CONFIG_ATTRS key
+        except crops and dtype; see schema.ROOT_ATTRS.
         """
         path = Path(path)
         if crops not in CROP_COUNTS:
@@ -147,11 +174,12 @@ class FeatureStoreWriter:
             raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist; create it first")
         root_attrs = _root_attrs(attrs, feature_dim=int(feature_dim), crops=crops, dtype=dtype)
         _check_dataset_index(dataset)
-        if path.exists():
-            logger.warning("replacing the existing file %s", path)
+        _check_replaceable(path, replace=replace)
+        check_free_space(path, store_bytes(dataset, feature_dim=int(feature_dim), crops=crops, dtype=dtype),
+                         what="the store")
         partial = path.with_name(path.name + ".partial")
-        try:
-            with h5py.File(partial, "w") as h5file:
+        with locked_partial(partial) as descriptor:
+            with h5py.File(partial, "w", locking=False) as h5file:  # locked_partial's lock stands in for HDF5's
                 _write_tables(h5file, dataset)
                 group = h5file.create_group(FEATURES_GROUP)
                 num_images = len(dataset.image_paths)
@@ -159,10 +187,11 @@ class FeatureStoreWriter:
                 if crops == len(TEN_CROP_ORDER):
                     _create_contiguous(group, "10c", (num_images, crops, feature_dim), dtype)
                 h5file.attrs.update(root_attrs)
+            reserve_space(descriptor, partial)
+            _check_replaceable(path, replace=replace)  # again: another process may have opened it meanwhile
+            if path.exists():
+                logger.warning("replacing the existing file %s", path)
             os.replace(partial, path)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
         logger.info("created %s: %d images, %d captions, crops=%d, dim=%d, %s", path, len(dataset.image_paths),
                     len(dataset.caption_texts), crops, feature_dim, dtype)
         return cls(h5py.File(path, "r+"), path)
@@ -183,6 +212,9 @@ class FeatureStoreWriter:
         try:
             h5file = h5py.File(path, "r+")
         except OSError as err:
+            if is_lock_error(err):
+                raise in_use_error(path, HOLDERS, "wait for that process to finish or stop it, or use another "
+                                   "--out") from err
             raise ValueError(f"{path} cannot be opened as HDF5 ({err}); {FIX_HINT}") from err
         try:
             writer = cls(h5file, path)
@@ -198,6 +230,29 @@ class FeatureStoreWriter:
             raise
         logger.info("resuming %s: %s", path, writer.summary())
         return writer
+
+    def update_provenance(self, values: dict) -> None:
+        """Record new PROVENANCE_ATTRS values (where the inputs are now); changed ones are logged."""
+        unknown = sorted(set(values) - set(PROVENANCE_ATTRS))
+        if unknown:
+            raise ValueError(f"only {PROVENANCE_ATTRS} may change on a resume, not {unknown}")
+        for key, value in values.items():
+            stored, new = self.attrs.get(key), normalize_attr(key, value)
+            if stored != new:
+                logger.warning("%s: %s was %r, now %r (recorded; rows done before were read under the old one)",
+                               self.path, key, stored, new)
+                self._file.attrs[key] = attr_to_hdf5(key, value)
+                self.attrs[key] = new
+        self.flush()
+
+    def reserve_space(self) -> None:
+        """Check and allocate the disk space the rest of the rows need (StoreSpaceError when short)."""
+        check_free_space(self.path, unallocated_bytes(self.path), what="the rest of the store")
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            reserve_space(descriptor, self.path)
+        finally:
+            os.close(descriptor)
 
     def _check_same_dataset(self, dataset: DatasetIndex) -> None:
         tables = {
@@ -224,6 +279,14 @@ class FeatureStoreWriter:
     def summary(self) -> dict[str, int]:
         """Count image rows per status: {"total", "done", "pending", "failed"}."""
         return status_summary(self._status)
+
+    def status(self) -> np.ndarray:
+        """uint8 [N] status of every row (a copy; Status values)."""
+        return self._status.copy()
+
+    def failure(self, row: int) -> str:
+        """Why `row` failed, as stored in images/error ("" when it did not fail)."""
+        return self._file[IMAGES_ERROR].asstr()[int(row)]
 
     def _sorted_rows(self, indices: np.ndarray, num_values: int, what: str) -> tuple[np.ndarray, np.ndarray]:
         """Validate row indices; return (sorted rows, the order that sorts them)."""
@@ -308,9 +371,13 @@ class FeatureStoreWriter:
         self._file.flush()
 
     def close(self) -> None:
-        """Flush and close the file; safe to call twice."""
+        """Flush and close the file; safe to call twice. A flush that fails (a full disk) is logged, not
+        raised, so the close still happens: rows whose writes failed stay pending, never done."""
         if self._file.id.valid:
-            self._file.flush()
+            try:
+                self._file.flush()
+            except OSError as err:
+                logger.warning("%s: the last flush failed (%s); unfinished rows stay pending", self.path, err)
             self._file.close()
 
     def __enter__(self) -> "FeatureStoreWriter":

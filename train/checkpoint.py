@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # bump when the keys below change incompatibly
 CHECKPOINT_KINDS = ("train", "finetune")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of an HDF5 file (a feature store)
 # Where the run is: the next step starts at (epoch, step_in_epoch), `step` steps are done, the best validation
 # rsum was reached at (best_epoch, best_step), and the last validation ran after `validated_step` steps.
 PROGRESS_KEYS = ("epoch", "step", "step_in_epoch", "best_rsum", "best_epoch", "best_step", "validated_step")
@@ -70,7 +72,21 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, loss: nn.Module, opti
         **{key: progress[key] for key in PROGRESS_KEYS},
         "rng": capture_rng_state(), "vocab": vocab, "config": config, "model_spec": model_spec,
     }
-    atomic_write(path, lambda handle: torch.save(payload, handle), durable=True)
+    atomic_write(path, lambda handle: save_to_file(payload, handle), durable=True)
+
+
+def save_to_file(payload: dict, handle: BinaryIO) -> None:
+    """torch.save into an open file; a failed write (a full disk) is raised as the OSError it is.
+
+    torch's zip writer reports it as RuntimeError("[enforce fail at inline_container.cc] unexpected pos ..."),
+    with the file's OSError only as the context; the OSError names the cause and the CLI knows what to say.
+    """
+    try:
+        torch.save(payload, handle)
+    except RuntimeError as err:
+        if isinstance(err.__context__, OSError):
+            raise err.__context__ from err
+        raise
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
@@ -80,6 +96,10 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass an existing last.pt/best.pt "
                                 "(a resume never silently starts from scratch)")
+    with open(path, "rb") as handle:
+        if handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+            raise ValueError(f"{path} is an HDF5 feature store, not a checkpoint; pass it as --store, and a "
+                             "train or finetune checkpoint (RUN/best.pt, RUN/last.pt) as --checkpoint / --resume")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt or foreign file

@@ -26,6 +26,7 @@ def test_every_field_has_help_and_enumerations_have_choices() -> None:
     ({"dtype": "float64"}, "--dtype float64 is not"), ({"amp": "int8"}, "--amp int8 is not"),
     ({"batch_size": 0}, "--batch-size must be >= 1"), ({"workers": -1}, "--workers must be >= 0"),
     ({"shard": "3/3"}, "shard '3/3'"), ({"out": ""}, "--out is required"),
+    ({"image_timeout": -1.0}, "--image-timeout must be >= 0"),
 ])
 def test_validate_names_bad_value(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -45,3 +46,15 @@ def test_parse_shard() -> None:
     for bad in ("1", "4/4", "-1/2", "a/b", "1/2/3"):
         with pytest.raises(ValueError, match="must be 'i/n'"):
             parse_shard(bad)
+
+
+def test_workers_default_to_what_the_machine_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common import device
+
+    assert _config().workers is None  # resolved when the run starts, in one place
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert device.default_workers() == 2
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert device.default_workers() == 4
+    help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(ExtractConfig)}["workers"]
+    assert "default: min(4, the CPU cores" in help_text

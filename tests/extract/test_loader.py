@@ -1,6 +1,12 @@
 """Every PIL mode becomes RGB; unreadable files become failure records; collate carries them."""
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from extract.loader import ImageDataset, collate_crops, make_loader, to_rgb
+from extract import loader
+from extract.loader import (
+    ImageDataset, LoaderStalled, collate_crops, iter_batches, make_loader, stall_timeout, to_rgb,
+)
 
 Awkward = tuple[dict[str, Path], dict[str, Path]]  # (images that must decode, files that must fail)
 
@@ -83,3 +92,85 @@ def test_loader_keeps_order(awkward_images: Awkward, workers: int) -> None:
     batches = list(loader)
     assert [b.indices.tolist() for b in batches] == [[10, 11, 12], []]
     assert batches[1].failed_indices == [13]
+
+
+def _in_daemon_thread(function, *args):
+    """Run `function(*args)` in a daemon thread; return (finished within 5 s, result or exception)."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = function(*args)
+        except Exception as error:  # the test inspects it
+            outcome["value"] = error
+
+    thread = threading.Thread(target=target, daemon=True)  # a daemon: a hang cannot keep pytest alive
+    thread.start()
+    thread.join(timeout=5)
+    return not thread.is_alive(), outcome.get("value")
+
+
+def test_a_fifo_or_a_folder_fails_at_once_without_blocking(tmp_path: Path) -> None:
+    fifo, folder = tmp_path / "pipe.jpg", tmp_path / "folder.jpg"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    dataset = ImageDataset([0, 1], [fifo, folder], crops=1)
+    try:
+        finished, items = _in_daemon_thread(lambda: [dataset[0], dataset[1]])
+    finally:  # a reader stuck in open() (the defect) is released by a writer
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert finished, "reading a FIFO blocked"
+    assert "a FIFO, not an image file" in items[0][1] and "a directory, not an image file" in items[1][1]
+
+
+def hang_on_gray(monkeypatch: pytest.MonkeyPatch, *, seconds: float = 30, beyond_signals: bool = False) -> None:
+    """Make decoding the gray test image hang for `seconds`; `beyond_signals`: as C code looping without returning,
+    which the time limit's alarm cannot interrupt."""
+    real_load = loader.load_crops
+
+    def load_crops(path, crops):
+        if "gray" in str(path):
+            if beyond_signals:
+                signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
+            time.sleep(seconds)
+        return real_load(path, crops)
+
+    monkeypatch.setattr(loader, "load_crops", load_crops)
+
+
+def test_a_decode_that_hangs_is_a_failure_after_the_time_limit(awkward_images: Awkward,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    good, _ = awkward_images
+    hang_on_gray(monkeypatch)
+    dataset = ImageDataset([0, 1], [good["gray"], good["rgb"]], crops=1, timeout_s=0.3)
+    start = time.perf_counter()
+    (_, hung), (_, decoded) = dataset[0], dataset[1]
+    assert time.perf_counter() - start < 5
+    assert hung.startswith("DecodeTimeout: not decoded within 0.3 s") and isinstance(decoded, torch.Tensor)
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+
+
+def test_a_hanging_worker_image_is_a_failure_and_the_run_goes_on(awkward_images: Awkward,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    good, _ = awkward_images
+    hang_on_gray(monkeypatch)  # forked workers inherit the patch
+    dataset = ImageDataset([0, 1, 2], [good["rgb"], good["gray"], good["cmyk"]], crops=1, timeout_s=0.5)
+    batches = list(iter_batches(make_loader(dataset, batch_size=3, workers=1, pin_memory=False,
+                                            stall_timeout=stall_timeout(0.5, 3))))
+    assert batches[0].indices.tolist() == [0, 2] and batches[0].failed_indices == [1]
+    assert "DecodeTimeout" in batches[0].errors[0]
+
+
+def test_a_worker_stuck_beyond_signals_stops_the_loader_and_is_ended(awkward_images: Awkward,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    good, _ = awkward_images
+    hang_on_gray(monkeypatch, seconds=2.5, beyond_signals=True)
+    dataset = ImageDataset([5, 6, 7], [good["rgb"], good["gray"], good["cmyk"]], crops=1, timeout_s=0.5)
+    batches = []
+    with pytest.raises(LoaderStalled, match=r"within 1.5 s: an image of rows 6..6 hangs .*gray.jpg"):
+        for batch in iter_batches(make_loader(dataset, batch_size=1, workers=1, pin_memory=False,
+                                              stall_timeout=stall_timeout(0.5, 1))):
+            batches.append(batch)
+    assert [b.indices.tolist() for b in batches] == [[5]]
+    assert multiprocessing.active_children() == []  # the stuck worker was ended, not left behind

@@ -1,12 +1,17 @@
 """Tests for features.datasets: Karpathy JSON and TSV parsing and their error messages."""
 
 import json
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from features.datasets import SPLITS, hash_split, load_dataset, load_karpathy_json, load_tsv, validate_image_root
+from features.datasets import (
+    SPLITS, DatasetIndex, check_image_paths, hash_split, load_dataset, load_karpathy_json, load_tsv,
+    validate_image_root,
+)
 
 
 def _image(filename: str, split: str, raws: list[str], *, filepath: str | None = None, tokens: bool = True) -> dict:
@@ -149,3 +154,48 @@ def test_validate_image_root(tmp_path: Path) -> None:
     file_path.write_text("x")
     with pytest.raises(FileNotFoundError, match="not a directory"):
         validate_image_root(file_path)
+
+
+def _index(paths: list[str]) -> DatasetIndex:
+    return DatasetIndex(image_paths=paths, image_splits=["train"] * len(paths), caption_texts=["x"] * len(paths),
+                        caption_tokens=None, caption_image_index=np.arange(len(paths)))
+
+
+def test_image_paths_must_stay_inside_the_root_after_symlinks(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.jpg").write_bytes(b"x")
+    (root / "inside.jpg").symlink_to(root / "a" / "x.jpg")
+    (root / "out.jpg").symlink_to(tmp_path / "elsewhere.jpg")  # dangling, but pointing out
+    (root / "outdir").symlink_to(tmp_path)
+    (root / "alias").symlink_to(root / "a")
+    missing = check_image_paths(_index(["a/x.jpg", "inside.jpg", "alias/x.jpg", "a/../a/x.jpg", "a/none.jpg",
+                                        "a/x.jpg/deeper.jpg"]), root, source="d.json")
+    assert missing.tolist() == [4, 5]
+    for bad in ("../x.jpg", "/etc/passwd", "out.jpg", "outdir/elsewhere.jpg", "a/../../x.jpg"):
+        with pytest.raises(ValueError, match=rf"d.json: image 1 path '{bad}' leads to .* outside --image-root"):
+            check_image_paths(_index(["a/x.jpg", bad]), root, source="d.json")
+    for bad in ("a/", "a/..", "x\x00.jpg"):
+        with pytest.raises(ValueError, match="which is not a file name"):
+            check_image_paths(_index([bad]), root, source="d.json")
+
+
+def test_a_symlinked_root_is_fine(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "x.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    assert check_image_paths(_index(["x.jpg"]), tmp_path / "link", source="d").tolist() == []
+
+
+def test_a_hash_split_with_few_val_or_test_images_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    small = tmp_path / "small.tsv"
+    small.write_text("".join(f"img{number}.jpg\tcaption {number}\n" for number in range(60)))
+    with caplog.at_level(logging.WARNING):
+        load_tsv(small)
+    assert "the hash split leaves" in caplog.text and "fewer than 20" in caplog.text
+    caplog.clear()
+    large = tmp_path / "large.tsv"
+    large.write_text("".join(f"img{number}.jpg\tcaption {number}\n" for number in range(1000)))
+    with caplog.at_level(logging.WARNING):
+        load_tsv(large)
+    assert "hash split leaves" not in caplog.text

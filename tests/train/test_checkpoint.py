@@ -58,6 +58,15 @@ def test_missing_file_and_wrong_kind(tmp_path: Path):
         load_checkpoint(tmp_path / "junk.pt")
 
 
+def test_a_feature_store_passed_as_a_checkpoint_is_named_as_such(tmp_path: Path):
+    import h5py
+
+    with h5py.File(tmp_path / "feats.h5", "w") as h5file:
+        h5file.attrs["schema_version"] = 2
+    with pytest.raises(ValueError, match="feats.h5 is an HDF5 feature store, not a checkpoint; pass it as --store"):
+        load_checkpoint(tmp_path / "feats.h5")
+
+
 def test_strict_load_lists_keys():
     model = nn.Sequential(nn.Linear(2, 2))
     state = {"0.weight": torch.zeros(2, 2), "extra": torch.zeros(1)}

@@ -77,10 +77,9 @@ def test_reads_only_the_batch_rows_sorted_and_unique(store_path: Path, monkeypat
     with FeatureStore(store_path) as store:
         recorder = RecordingFeatures(store.feature_rows("10c"))
         monkeypatch.setattr(store, "feature_rows", lambda kind: recorder)
-        batches = _batches(store, "10c")
-        for batch in batches.epoch_batches(0):
-            read = recorder.reads.pop()
-            assert not recorder.reads  # exactly one read per batch
+        batches = list(_batches(store, "10c").epoch_batches(0))  # built by the prefetch thread, in order
+        assert len(recorder.reads) == len(batches)  # exactly one read per batch
+        for read, batch in zip(recorder.reads, batches):
             assert read.ndim == 1 and np.all(np.diff(read) > 0)  # sorted, unique row indices only
             assert np.array_equal(read, np.unique(batch.image_ids.numpy()))
             assert len(read) <= 16 < store.num_images

@@ -109,16 +109,26 @@ class CNNBackbone(nn.Module):
 
 
 def _weight_candidates(attrs: dict, *, weights: str, store_path: Path) -> list[Path]:
-    """Where the store's weight file may be: --weights, else the hub cache and the extract config's path."""
+    """Where the store's weight file may be: --weights; else the hub cache, the extract config's path, and a file
+    of the same name beside the store (a moved file, or a relative path an older extract recorded), once each.
+
+    The caller checks each by sha256, so a look in a wrong place can only be skipped, never used.
+    """
     if weights:
         return [Path(weights).expanduser()]
-    candidates = [hub_checkpoint_dir() / attrs["weights_name"]]
+    name = str(attrs["weights_name"])
+    candidates = [hub_checkpoint_dir() / name]
     extract_config = config_json_path(store_path)
     if extract_config.is_file():
         spec = json.loads(extract_config.read_text(encoding="utf-8")).get("weights", "")
-        if spec and Path(spec).expanduser().is_file():
+        if spec:
             candidates.append(Path(spec).expanduser())
-    return candidates
+    candidates.append(store_path.parent / name)
+    unique: dict[Path, Path] = {}
+    for path in candidates:
+        if path.is_file():
+            unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def store_weights_file(attrs: dict, *, weights: str, store_path: Path) -> Path:
@@ -141,7 +151,8 @@ def store_weights_file(attrs: dict, *, weights: str, store_path: Path) -> Path:
         raise FileNotFoundError(f"--weights {weights!r} does not exist; pass the file {attrs['weights_name']!r} "
                                 f"the store was extracted with")
     raise FileNotFoundError(f"weight file {attrs['weights_name']!r} (sha256 {expected[:12]}...) of {store_path} not "
-                            f"found in {str(hub_checkpoint_dir())!r} nor in its extract config; pass --weights PATH")
+                            f"found in {str(hub_checkpoint_dir())!r}, its extract config or beside it; pass "
+                            "--weights PATH")
 
 
 def backbone_from_store(attrs: dict, *, store_path: str | Path, feature_dim: int, weights: str = "") -> FeatureBackbone:

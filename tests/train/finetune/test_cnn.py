@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torchvision
 from PIL import Image
 
 from extract.backbones import BACKBONES, build_backbone
+from extract.config import config_json_path
 from extract.transforms import normalize
 from train.config import TrainConfig
 from train.finetune.cnn import BATCH_NORM_TYPES, CNNBackbone, backbone_from_store
@@ -199,6 +201,24 @@ def test_backbone_from_store_refuses_unknown_cnns_and_wrong_weights(tmp_path: Pa
         backbone_from_store(file_attrs, store_path=tmp_path / "s.h5", feature_dim=512, weights=str(wrong))
     with pytest.raises(FileNotFoundError, match="--weights"):
         backbone_from_store(file_attrs, store_path=tmp_path / "s.h5", feature_dim=512, weights=str(tmp_path / "no"))
+
+
+def test_the_weight_file_is_found_beside_the_store_when_the_recorded_path_is_stale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from extract.weights import sha256_of_file
+
+    net = torchvision.models.resnet18(weights=None)
+    store_folder = tmp_path / "moved"
+    store_folder.mkdir()
+    torch.save(net.state_dict(), store_folder / "my_resnet18.pth")
+    config_json_path(store_folder / "s.h5").write_text(json.dumps({"weights": "demo_out/my_resnet18.pth"}))
+    monkeypatch.chdir(tmp_path)  # the relative path an older extract recorded leads nowhere from here
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_hub"))
+    attrs = {"backbone": "resnet18", "layer": "avgpool", "weights_name": "my_resnet18.pth", "weights_seed": "",
+             "weights_sha256": sha256_of_file(store_folder / "my_resnet18.pth")}
+    rebuilt = backbone_from_store(attrs, store_path=store_folder / "s.h5", feature_dim=512)
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.net.state_dict().values(), net.state_dict().values())
+               if a.dtype.is_floating_point)
 
 
 def test_resolve_config_takes_model_fields_from_the_checkpoint():
