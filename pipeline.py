@@ -1,19 +1,16 @@
 """Command line of the VSE++ pipeline: extract -> train -> finetune -> eval, chainable in one invocation.
 
 Every stage command is generated from its config dataclass (one option per field, help and defaults taken
-from the field), so the CLI, the saved config JSON and `--config FILE` always speak the same names.
-Values are layered: dataclass default < preset < artifact of an earlier stage in the chain < config file
-< command line. This module is the only one that knows Click.
+from the field: cli/options.py), so the CLI, the saved config JSON and `--config FILE` always speak the same
+names. Values are layered: dataclass default < preset < artifact of an earlier stage in the chain < config file
+< command line (cli/plan.py). This module holds the table of stages and runs the chain; Click is known here and
+in cli/ only.
 """
 from __future__ import annotations
 
-import dataclasses
-import errno
 import json
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +18,12 @@ import click
 
 from ablation.config import AblationConfig
 from ablation.run import run_ablation
+from cli import plan
+from cli.errors import StageOSError, describe_os_error
+from cli.options import make_command
+from cli.stage import Output, Stage, writes_file, writes_folder
 from common import distributed
-from common.config import StageConfig, check_known_keys, normalize_keys, option_name
-from common.files import check_writable
+from common.config import StageConfig
 from demo.run import DemoConfig, DemoDataConfig, run_demo, run_generate
 from extract.config import ExtractConfig
 from extract.run import ExtractFailures, run_extract
@@ -47,73 +47,27 @@ def _run_resume_hint(cfg: TrainConfig) -> str:
     return f"continue with --resume {saved[0]}" if saved else "rerun the same command"
 
 
-def _rerun_hint(cfg: Any) -> str:
-    return "rerun the same command"
-
-
-def _no_artifacts(cfg: Any) -> dict[str, str]:
-    return {}
-
-
 def _run_outputs(cfg: TrainConfig) -> dict[str, str]:
     return {"checkpoint": str(Path(cfg.out_dir) / "best.pt"), "store": cfg.store}
-
-
-@dataclass(frozen=True)
-class Output:
-    """A file or folder a stage writes, checked for writability before any stage of the chain runs."""
-
-    option: str  # the option that names it, e.g. "--out-dir"
-    path: Path
-    folder: bool  # a folder (run folder) or a file (store, results JSON)
-
-
-def _writes_file(name: str) -> Callable[[Any], list[Output]]:
-    return lambda cfg: [Output(option_name(name), Path(getattr(cfg, name)), folder=False)]
-
-
-def _writes_folder(name: str) -> Callable[[Any], list[Output]]:
-    return lambda cfg: [Output(option_name(name), Path(getattr(cfg, name)), folder=True)]
-
-
-def _no_outputs(cfg: Any) -> list[Output]:
-    return []
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One command: its config, its stage function, and how it plugs into a chain."""
-
-    config: type[StageConfig]
-    run: Callable[[Any], Any]
-    help: str
-    consumes: dict[str, str] = field(default_factory=dict)  # config field -> chain artifact it defaults to
-    produces: Callable[[Any], dict[str, str]] = _no_artifacts  # config -> artifacts left for later stages
-    input_paths: tuple[str, ...] = ()  # fields naming files or folders that must exist before the run
-    hidden: tuple[str, ...] = ()  # fields the command does not offer (taken from elsewhere)
-    presets: dict[str, dict] = field(default_factory=dict)  # --preset name -> field values
-    distributed: bool = False  # under torchrun every rank runs it; otherwise rank 0 alone, the others wait
-    writes: Callable[[Any], list[Output]] = _no_outputs  # config -> what it writes (checked before the chain)
-    resume_hint: Callable[[Any], str] = _rerun_hint  # config -> how to go on after a full disk
 
 
 STAGES: dict[str, Stage] = {
     "extract": Stage(
         ExtractConfig, run_extract, "Stage 1: CNN features (1C / 10C) of every image into an HDF5 feature store.",
         consumes={"dataset": "dataset", "image_root": "image_root"},
-        produces=lambda cfg: {"store": cfg.out}, input_paths=("dataset", "image_root"), writes=_writes_file("out"),
+        produces=lambda cfg: {"store": cfg.out}, input_paths=("dataset", "image_root"), writes=writes_file("out"),
         resume_hint=lambda cfg: "rerun the same command to resume (finished rows are kept)"),
     "train": Stage(
         TrainConfig, run_train, "Stage 2: train the caption encoder and projection heads on stored features.",
         consumes={"store": "store"}, produces=_run_outputs, input_paths=("store", "resume"), presets=PRESETS,
-        distributed=True, writes=_writes_folder("out_dir"), resume_hint=_run_resume_hint),
+        distributed=True, writes=writes_folder("out_dir"), resume_hint=_run_resume_hint),
     "finetune": Stage(
         FinetuneConfig, run_finetune,
         "Stage 3: fine-tune the CNN end to end on random crops of the raw images. The model, loss and vocabulary "
         "options come from the train-stage checkpoint.",
         consumes={"checkpoint": "checkpoint", "store": "store"}, produces=_run_outputs,
         input_paths=("checkpoint", "store", "image_root", "resume"), hidden=CHECKPOINT_FIELDS, distributed=True,
-        writes=_writes_folder("out_dir"), resume_hint=_run_resume_hint),
+        writes=writes_folder("out_dir"), resume_hint=_run_resume_hint),
     "eval": Stage(
         EvalConfig, run_eval, "Recall@K, median and mean rank in both directions (COCO 1K/5K, Flickr30K 1K).",
         consumes={"checkpoint": "checkpoint", "store": "store"}, input_paths=("checkpoint", "store", "image_root"),
@@ -124,7 +78,7 @@ STAGES: dict[str, Stage] = {
         "with the model's provenance; resumable.",
         consumes={"checkpoint": "checkpoint"}, produces=lambda cfg: {"embeddings": cfg.out},
         input_paths=("checkpoint", "store", "images", "texts", "image_root", "weights"),
-        writes=_writes_file("out")),
+        writes=writes_file("out")),
     "search": Stage(
         SearchConfig, run_search,
         "Top-k images for sentences (--text) and top-k captions for images (--image), over an embeddings file or a "
@@ -135,200 +89,32 @@ STAGES: dict[str, Stage] = {
         ExportConfig, run_export, "A weights-only model file of a checkpoint (no optimizer or RNG state) that "
         "eval, encode, search and the Python API load like the checkpoint.",
         consumes={"checkpoint": "checkpoint"}, produces=lambda cfg: {"checkpoint": cfg.out},
-        input_paths=("checkpoint",), writes=_writes_file("out")),
+        input_paths=("checkpoint",), writes=writes_file("out")),
     "demo": Stage(
         DemoConfig, run_demo, "Generate the synthetic demo dataset and run every stage on it (CPU, a few minutes).",
-        writes=_writes_folder("out_dir")),
+        writes=writes_folder("out_dir")),
     "demo-data": Stage(
         DemoDataConfig, run_generate, "Only render the synthetic demo dataset (Karpathy JSON + images) into --out-dir.",
         produces=lambda cfg: {"dataset": str(Path(cfg.out_dir) / "dataset_demo.json"), "image_root": cfg.out_dir},
-        writes=_writes_folder("out_dir")),
+        writes=writes_folder("out_dir")),
     "ablate": Stage(
         AblationConfig, run_ablation,
         "Grid of losses x image features x text pooling with one seed and budget; Markdown + JSON table.",
-        consumes={"store": "store"}, input_paths=("store",), writes=_writes_folder("out_dir")),
+        consumes={"store": "store"}, input_paths=("store",), writes=writes_folder("out_dir")),
     "merge": Stage(
         MergeConfig, run_merge, "Join the stores written by `extract --shard i/n` into one store.",
-        produces=lambda cfg: {"store": cfg.out}, input_paths=("shards",), writes=_writes_file("out")),
+        produces=lambda cfg: {"store": cfg.out}, input_paths=("shards",), writes=writes_file("out")),
 }
-
-
-# ---------------------------------------------------------------- options from dataclass fields
-
-def _field_default(spec: dataclasses.Field) -> Any:
-    if spec.default_factory is not dataclasses.MISSING:
-        return spec.default_factory()
-    return spec.default
-
-
-def _option_for(spec: dataclasses.Field, kind: Any) -> Callable:
-    """The Click option of one config field; every option defaults to None = "not given"."""
-    name = option_name(spec.name)
-    default = _field_default(spec)
-    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-    help_text = spec.metadata.get("help", "")
-    if spec.metadata.get("required"):
-        help_text += "  [required]"
-    elif default not in ("", None, ()):
-        help_text += f"  [default: {shown}]"
-    common = dict(default=None, help=help_text, show_default=False)
-    if kind is bool:
-        return click.option(f"{name}/--no-{name[2:]}", spec.name, **common)
-    if spec.metadata.get("multiple"):  # repeatable, each value whole (sentences hold commas); none given = None
-        return click.option(name, spec.name, type=str, multiple=True, callback=lambda _, __, value: value or None,
-                            **common)
-    if kind is tuple:  # a comma-separated list; its items are checked against "choices" by validate()
-        return click.option(name, spec.name, type=str, metavar="A,B,...", **common)
-    if "choices" in spec.metadata:
-        choice = click.Choice([str(c) for c in spec.metadata["choices"]])
-        return click.option(name, spec.name, type=choice, **common)
-    return click.option(name, spec.name, type={int: int, float: float}.get(kind, str), **common)
-
-
-def _coerce(config_cls: type[StageConfig], values: dict[str, Any]) -> dict[str, Any]:
-    """Turn CLI / config-file values into the field types (comma lists -> tuples, "3" -> 3 for ints)."""
-    kinds = config_cls.field_types()
-    out = {}
-    for key, value in values.items():
-        kind = kinds[key]
-        if kind is tuple and isinstance(value, str):
-            value = tuple(item.strip() for item in value.split(",") if item.strip())
-        elif kind is tuple and isinstance(value, list):
-            value = tuple(value)
-        elif kind is int and isinstance(value, str) and value.lstrip("-").isdigit():
-            value = int(value)
-        out[key] = value
-    return out
-
-
-def _make_command(name: str, stage: Stage) -> click.Command:
-    def callback(**given: Any) -> tuple[str, dict[str, Any]]:
-        return name, {key: value for key, value in given.items() if value is not None}
-
-    command = click.Command(name, callback=callback, help=stage.help)
-    kinds = stage.config.field_types()
-    for spec in dataclasses.fields(stage.config):  # options decorating a Command are appended in order
-        if spec.name not in stage.hidden:
-            command = _option_for(spec, kinds[spec.name])(command)
-    if stage.presets:
-        command = click.option("--preset", type=click.Choice(sorted(stage.presets)), default=None,
-                               help="a named setting of the papers; explicit options win over it")(command)
-    return command
-
-
-# ---------------------------------------------------------------- the chain
-
-def _read_config_file(path: str | None) -> dict[str, dict[str, Any]]:
-    """{stage: {option: value}} from a JSON or YAML file; option names may use dashes or underscores."""
-    if path is None:
-        return {}
-    text = Path(path).read_text(encoding="utf-8")
-    if path.endswith((".yaml", ".yml")):
-        import yaml  # pyyaml: only needed for YAML config files
-
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ValueError(f"config file {path} must map stage names to option tables, e.g. {{'train': {{'epochs': 30}}}}")
-    unknown = sorted(set(data) - set(STAGES))
-    if unknown:
-        raise ValueError(f"config file {path} names unknown stage(s) {unknown}; stages are {sorted(STAGES)}")
-    return {stage: normalize_keys(table) for stage, table in data.items()}
 
 
 def build_plan(steps: list[tuple[str, dict]], file_sections: dict[str, dict]) -> list[tuple[Stage, StageConfig]]:
-    """Resolve and validate every stage's config, and check its input paths, before anything runs."""
-    artifacts: dict[str, str] = {}
-    produced: set[str] = set()
-    plan = []
-    for name, cli_values in steps:
-        stage = STAGES[name]
-        file_values = dict(file_sections.get(name, {}))
-        check_known_keys(stage.config, file_values, source=f"config file section '{name}'", extra=("preset",))
-        cli_values = dict(cli_values)
-        values: dict[str, Any] = {}
-        preset = cli_values.pop("preset", None) or file_values.pop("preset", None)
-        if preset:
-            if preset not in stage.presets:
-                raise ValueError(f"{name}: unknown preset {preset!r}; valid: {', '.join(sorted(stage.presets))}")
-            values.update(stage.presets[preset])
-        values.update({field_name: artifacts[art] for field_name, art in stage.consumes.items() if art in artifacts})
-        values.update(_coerce(stage.config, file_values))
-        values.update(_coerce(stage.config, cli_values))
-        cfg = stage.config(**values)
-        cfg.validate()
-        for field_name in stage.input_paths:
-            for path in _paths_of(getattr(cfg, field_name, "")):
-                if path not in produced and not Path(path).exists():
-                    raise FileNotFoundError(f"{name}: {option_name(field_name)} {path} does not exist")
-        for output in stage.writes(cfg):
-            try:
-                check_writable(output.path, folder=output.folder)
-            except OSError as err:
-                raise StageOSError(name, stage, cfg, err) from err
-        outputs = stage.produces(cfg)
-        artifacts.update(outputs)
-        produced.update(outputs.values())
-        plan.append((stage, cfg))
-    return plan
+    """cli.plan.build_plan over this table of stages."""
+    return plan.build_plan(steps, file_sections, STAGES)
 
 
-class StageOSError(Exception):
-    """An OSError of one stage, with what the CLI needs to say it in one line."""
-
-    def __init__(self, name: str, stage: Stage, cfg: StageConfig, err: OSError) -> None:
-        super().__init__(describe_os_error(name, stage, cfg, err))
-
-
-# errno -> (what could not be done, what to do); {option} names the path's option, {resume} the stage's resume hint
-_OS_ERROR_ADVICE = {
-    errno.EACCES: ("cannot access", "fix its permissions or choose another {option}"),
-    errno.EROFS: ("cannot write", "choose another {option}, on a writable disk"),
-    errno.ENOSPC: ("cannot write", "free some space or choose another {option}, then {resume}"),
-    errno.EISDIR: ("cannot write", "give {option} a file path, not a folder"),
-    errno.ENOTDIR: ("cannot create", "remove that file or choose another {option}"),
-    errno.EEXIST: ("cannot create", "a file is in the way: remove it or choose another {option}"),
-}
-_OS_ERROR_ADVICE[errno.EPERM] = _OS_ERROR_ADVICE[errno.EACCES]
-_OS_ERROR_ADVICE[errno.EDQUOT] = _OS_ERROR_ADVICE[errno.ENOSPC]
-
-
-def describe_os_error(name: str, stage: Stage, cfg: StageConfig, err: OSError) -> str:
-    """One line for an OSError of stage `name`: '<stage>: <what> <path>: <reason>; <what to do>'.
-
-    An OSError this project raises with a whole sentence (no errno: a missing input, a store in use, a full
-    disk found before writing) is said as it is.
-    """
-    if err.strerror is None:
-        return str(err)
-    what, advice = _OS_ERROR_ADVICE.get(err.errno, ("cannot use", "check the path and the disk"))
-    path = str(err.filename) if err.filename is not None else ""
-    return (f"{name}: {what} {path}: {err.strerror}; "
-            + advice.format(option=_option_of(stage, cfg, path), resume=stage.resume_hint(cfg)))
-
-
-def _option_of(stage: Stage, cfg: StageConfig, path: str) -> str:
-    """The option naming `path`: an output it belongs to (inside it, on the way to it, or a file beside it named
-    after it, like STORE.h5.partial), else the option whose value holds it (the longest), else "path"."""
-    if not path:
-        return "path"
-    target = Path(os.path.abspath(path))
-    for output in stage.writes(cfg):
-        written = Path(os.path.abspath(output.path))
-        if (target.is_relative_to(written) or written.is_relative_to(target)
-                or (target.parent == written.parent and target.name.startswith(written.name))):
-            return output.option
-    matches = [(len(value), option_name(spec.name)) for spec in dataclasses.fields(cfg)
-               if isinstance(value := getattr(cfg, spec.name), str) and value
-               and target.is_relative_to(os.path.abspath(value))]
-    return max(matches)[1] if matches else "path"
-
-
-def _paths_of(value: Any) -> list[str]:
-    if not value or value == "none":
-        return []
-    return [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
+def read_config_file(path: str | None) -> dict[str, dict[str, Any]]:
+    """cli.plan.read_config_file over this table of stages."""
+    return plan.read_config_file(path, STAGES)
 
 
 @click.group(chain=True, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -365,11 +151,11 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 def _run_chain(ctx: click.Context, steps: list[tuple[str, dict]], config_file: str | None, log_level: str,
                dist_timeout: float) -> None:
     try:
-        plan = build_plan(steps, _read_config_file(config_file))
+        stages = build_plan(steps, read_config_file(config_file))
     except (ValueError, OSError, TypeError, json.JSONDecodeError, StageOSError) as err:
         _fail(ctx, f"error: {err}", 2)
     context = distributed.init_from_environment(timeout_minutes=dist_timeout)
-    for name, (stage, cfg) in zip([step for step, _ in steps], plan):
+    for name, (stage, cfg) in zip([step for step, _ in steps], stages):
         try:
             if stage.distributed or context.is_main:
                 stage.run(cfg)
@@ -386,7 +172,7 @@ def _run_chain(ctx: click.Context, steps: list[tuple[str, dict]], config_file: s
 
 
 for _name, _stage in STAGES.items():
-    cli.add_command(_make_command(_name, _stage))
+    cli.add_command(make_command(_name, _stage))
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline
+from cli.options import make_command
 
 TINY_DATA = ["demo-data", "--num-train", "10", "--num-val", "4", "--num-test", "4", "--image-size", "64"]
 TINY_EXTRACT = ["extract", "--backbone", "resnet18", "--weights", "none", "--crops", "10", "--workers", "0",
@@ -95,7 +96,7 @@ def test_preset_sets_fields_and_explicit_options_win(tmp_path):
 @pytest.mark.parametrize("stage", sorted(pipeline.STAGES))
 def test_every_option_says_its_default_or_that_it_is_required(stage):
     spec = pipeline.STAGES[stage]
-    command = pipeline._make_command(stage, spec)
+    command = make_command(stage, spec)
     options = {param.name: param for param in command.params}
     for config_field in dataclasses.fields(spec.config):
         if config_field.name in spec.hidden:
@@ -112,7 +113,7 @@ def test_every_option_says_its_default_or_that_it_is_required(stage):
 
 
 def test_boolean_options_read_naturally():
-    command = pipeline._make_command("train", pipeline.STAGES["train"])
+    command = make_command("train", pipeline.STAGES["train"])
     image_norm = next(param for param in command.params if param.name == "image_norm")
     assert image_norm.opts == ["--image-norm"] and image_norm.secondary_opts == ["--no-image-norm"]
 
@@ -122,7 +123,7 @@ def test_config_file_keys_may_be_spelled_as_options_and_typos_get_a_suggestion(t
     store.touch()
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps({"train": {"embed-dim": 64, "--word-dim": 32}}))
-    (_, cfg), = pipeline.build_plan([("train", {"store": str(store)})], pipeline._read_config_file(str(config)))
+    (_, cfg), = pipeline.build_plan([("train", {"store": str(store)})], pipeline.read_config_file(str(config)))
     assert (cfg.embed_dim, cfg.word_dim) == (64, 32)
     with pytest.raises(ValueError, match="'embed_dimm' \\(did you mean 'embed_dim'\\?\\)"):
         pipeline.build_plan([("train", {"store": str(store)})], {"train": {"embed_dimm": 3}})
