@@ -97,7 +97,7 @@ def _open_store(cfg: ExtractConfig, dataset: DatasetIndex, attrs: dict, feature_
     if not (out.exists() and not cfg.overwrite):
         _refuse_missing_images(cfg, dataset, scope, missing)
         writer = FeatureStoreWriter.create(out, dataset, attrs=attrs, feature_dim=feature_dim, crops=cfg.crops,
-                                           dtype=cfg.dtype, replace=cfg.overwrite)
+                                           dtype=cfg.dtype, replace=cfg.overwrite, rows=scope if cfg.shard else None)
         return writer, scope
     writer = FeatureStoreWriter.open_existing(out, expected_attrs=attrs, dataset=dataset)
     try:
@@ -106,7 +106,7 @@ def _open_store(cfg: ExtractConfig, dataset: DatasetIndex, attrs: dict, feature_
                              f"--shard to resume, another --out, or --overwrite")
         rows = np.intersect1d(writer.pending_indices(retry_failed=cfg.retry_failed), scope)
         _refuse_missing_images(cfg, dataset, rows, missing)
-        writer.reserve_space()
+        writer.reserve_space(rows=scope if cfg.shard else None)  # a shard's store holds only its rows on disk
         writer.update_provenance({key: attrs[key] for key in PROVENANCE_ATTRS})
     except BaseException:
         writer.close()

@@ -111,14 +111,20 @@ def check_free_space(path: Path, needed_bytes: int, *, what: str) -> None:
                               f"{_size(free)} is free in {folder}; free some space or choose another --out")
 
 
-def reserve_space(descriptor: int, path: Path) -> None:
-    """Allocate every block of the open file now (its feature datasets are holes until written), so a full
-    disk shows at once and not as a failed write in the middle of the run; a no-op where unsupported."""
-    size = os.fstat(descriptor).st_size
+def reserve_space(descriptor: int, path: Path, ranges: list[tuple[int, int]] | None = None) -> None:
+    """Allocate the blocks of the open file now (its feature datasets are holes until written), so a full
+    disk shows at once and not as a failed write in the middle of the run; a no-op where unsupported.
+
+    `ranges` [(offset, length)] limits it to those bytes (a shard's rows); None = the whole file.
+    """
+    ranges = [(0, os.fstat(descriptor).st_size)] if ranges is None else ranges
     try:
-        os.posix_fallocate(descriptor, 0, size)
+        for offset, length in ranges:
+            if length:
+                os.posix_fallocate(descriptor, offset, length)
     except OSError as err:
         if err.errno in NO_SPACE_ERRNOS:
+            size = sum(length for _, length in ranges)
             raise StoreSpaceError(f"{path} needs {_size(size)} of disk space, which the file system "
                                   f"could not allocate ({err.strerror}); free some space or choose another "
                                   "--out") from err

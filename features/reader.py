@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 
 from common.choices import CROP_COUNTS, FEATURE_DTYPES
+from features.attrs import attr_to_python, read_attrs
 from features.datasets import validate_split_names
 from features.disk import in_use_error, is_lock_error
 from features.rows import FeatureRows
@@ -30,22 +31,6 @@ class StoreLayout:
     feature_dim: int  # D
     crops: int  # 1 or 10
     dtype: str  # "float32" or "float16"
-
-
-def attr_to_python(value: object) -> object:
-    """Convert an HDF5 attribute value to plain Python (numpy scalars -> numbers, arrays -> lists)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, np.ndarray):
-        return [attr_to_python(item) for item in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def read_attrs(h5file: h5py.File) -> dict:
-    """Return the root attributes of an open store as a dict of plain Python values."""
-    return {key: attr_to_python(value) for key, value in h5file.attrs.items()}
 
 
 def _require_dataset(h5file: h5py.File, name: str, path: Path, *, length: int | None = None) -> h5py.Dataset:

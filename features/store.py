@@ -14,52 +14,30 @@ from features.disk import (
     HOLDERS, check_free_space, held_by_another_process, in_use_error, is_lock_error, locked_partial,
     reserve_space, unallocated_bytes,
 )
-from features.reader import attr_to_python, read_attrs, status_summary, validate_layout
+from features.attrs import STRING_DTYPE, attr_to_hdf5, normalize_attr, read_attrs
+from features.reader import status_summary, validate_layout
 from features.rows import contiguous_runs
 from features.schema import (
-    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CONFIG_ATTRS, PROVENANCE_ATTRS,
+    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CONFIG_ATTRS, FEATURE_KINDS, PROVENANCE_ATTRS,
     FEATURES_GROUP, IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, SCHEMA_VERSION,
     TEN_CROP_ORDER, Status, feature_dataset_name,
 )
 
 logger = logging.getLogger(__name__)
 
-STRING_DTYPE = h5py.string_dtype("utf-8")
 # Attributes the writer derives itself; callers must give the rest of CONFIG_ATTRS.
 DERIVED_ATTRS = ("schema_version", "crops", "dtype", "feature_dim")
 FIX_HINT = "pass --overwrite to replace it, or use another --out"
 
 
-def store_bytes(dataset: DatasetIndex, *, feature_dim: int, crops: int, dtype: str) -> int:
-    """About the size of a new store: its feature datasets plus its tables (strings at their UTF-8 length)."""
-    rows = dataset.num_images * (1 + (crops if crops == len(TEN_CROP_ORDER) else 0))
+def store_bytes(dataset: DatasetIndex, *, feature_dim: int, crops: int, dtype: str, rows: int | None = None) -> int:
+    """About the disk a new store takes: the features of `rows` images (default all) plus the tables (strings
+    at their UTF-8 length)."""
+    rows = dataset.num_images if rows is None else rows
+    rows = rows * (1 + (crops if crops == len(TEN_CROP_ORDER) else 0))
     features = rows * feature_dim * np.dtype(dtype).itemsize
     text = sum(len(item.encode("utf-8")) + 16 for item in dataset.image_paths + dataset.caption_texts)
     return features + text + 32 * (dataset.num_images + dataset.num_captions) + (1 << 20)  # 1 MB of metadata
-
-
-def attr_to_hdf5(key: str, value: object) -> object:
-    """Convert one root attribute to a value HDF5 can store (None -> "", paths -> str, lists -> arrays)."""
-    if value is None:
-        return ""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, (bool, int, float, str, np.generic)):
-        return value
-    if isinstance(value, (list, tuple, np.ndarray)):
-        items = list(np.asarray(value, dtype=object).ravel())
-        if all(isinstance(item, str) for item in items):
-            return np.array(items, dtype=STRING_DTYPE)
-        if all(isinstance(item, (int, float, np.number)) and not isinstance(item, bool) for item in items):
-            as_float = key in ("mean", "std") or any(isinstance(item, (float, np.floating)) for item in items)
-            return np.asarray(value, dtype=np.float64 if as_float else np.int64)
-    raise ValueError(f"attribute {key!r} = {value!r:.80} cannot be stored; use None, a string, a number "
-                     "or a list of strings or numbers")
-
-
-def normalize_attr(key: str, value: object) -> object:
-    """The Python value `value` reads back as after being stored (used to compare configs)."""
-    return attr_to_python(attr_to_hdf5(key, value))
 
 
 def _root_attrs(attrs: dict, *, feature_dim: int, crops: int, dtype: str) -> dict:
@@ -93,6 +71,22 @@ def _check_dataset_index(dataset: DatasetIndex) -> None:
             if any(" " in token for token in tokens):
                 raise ValueError(f"caption {number}: tokens {tokens!r:.80} contain a space; "
                                  "tokens are stored space-joined, split them first")
+
+
+def feature_ranges(h5file: h5py.File, rows: np.ndarray) -> list[tuple[int, int]]:
+    """(file offset, length) of the feature bytes of `rows` (sorted), one range per run of consecutive rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    ranges = []
+    for kind in FEATURE_KINDS:
+        name = feature_dataset_name(kind)
+        if name not in h5file:
+            continue
+        dataset = h5file[name]
+        row_bytes = int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize
+        offset = dataset.id.get_offset()
+        ranges += [(offset + int(rows[begin]) * row_bytes, (end - begin) * row_bytes)
+                   for begin, end in contiguous_runs(rows)]
+    return ranges
 
 
 def _create_contiguous(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) -> None:
@@ -153,15 +147,16 @@ class FeatureStoreWriter:
 
     @classmethod
     def create(cls, path: str | Path, dataset: DatasetIndex, *, attrs: dict, feature_dim: int, crops: int,
-               dtype: str, replace: bool = True) -> "FeatureStoreWriter":
+               dtype: str, replace: bool = True, rows: np.ndarray | None = None) -> "FeatureStoreWriter":
         """Create a store with every row pending, replacing any file at `path` (unless `replace` is False).
 
         The file is built at `path + ".partial"` under an exclusive lock and renamed only once its tables and
         attributes are written, so an interrupted creation never leaves a file that looks like a valid store,
         and a second creator gets StoreInUseError without touching the first one's file. A store another
         process holds open is never replaced (StoreInUseError). The disk space of the whole store is checked
-        first and then allocated (StoreSpaceError when short). `attrs` must hold every CONFIG_ATTRS key
-        except crops and dtype; see schema.ROOT_ATTRS.
+        first and then allocated (StoreSpaceError when short): of every row, or only of `rows` (a shard's
+        store, whose other rows stay unwritten holes on disk). `attrs` must hold every CONFIG_ATTRS key except
+        crops and dtype; see schema.ROOT_ATTRS.
         """
         path = Path(path)
         if crops not in CROP_COUNTS:
@@ -175,8 +170,8 @@ class FeatureStoreWriter:
         root_attrs = _root_attrs(attrs, feature_dim=int(feature_dim), crops=crops, dtype=dtype)
         _check_dataset_index(dataset)
         _check_replaceable(path, replace=replace)
-        check_free_space(path, store_bytes(dataset, feature_dim=int(feature_dim), crops=crops, dtype=dtype),
-                         what="the store")
+        check_free_space(path, store_bytes(dataset, feature_dim=int(feature_dim), crops=crops, dtype=dtype,
+                                           rows=None if rows is None else len(rows)), what="the store")
         partial = path.with_name(path.name + ".partial")
         with locked_partial(partial) as descriptor:
             with h5py.File(partial, "w", locking=False) as h5file:  # locked_partial's lock stands in for HDF5's
@@ -187,7 +182,8 @@ class FeatureStoreWriter:
                 if crops == len(TEN_CROP_ORDER):
                     _create_contiguous(group, "10c", (num_images, crops, feature_dim), dtype)
                 h5file.attrs.update(root_attrs)
-            reserve_space(descriptor, partial)
+                ranges = None if rows is None else feature_ranges(h5file, rows)
+            reserve_space(descriptor, partial, ranges)
             _check_replaceable(path, replace=replace)  # again: another process may have opened it meanwhile
             if path.exists():
                 logger.warning("replacing the existing file %s", path)
@@ -245,12 +241,14 @@ class FeatureStoreWriter:
                 self.attrs[key] = new
         self.flush()
 
-    def reserve_space(self) -> None:
-        """Check and allocate the disk space the rest of the rows need (StoreSpaceError when short)."""
-        check_free_space(self.path, unallocated_bytes(self.path), what="the rest of the store")
+    def reserve_space(self, rows: np.ndarray | None = None) -> None:
+        """Check and allocate the disk space the rest of the rows need (StoreSpaceError when short); with `rows`,
+        only theirs (a shard's store: its other rows stay holes)."""
+        if rows is None:
+            check_free_space(self.path, unallocated_bytes(self.path), what="the rest of the store")
         descriptor = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         try:
-            reserve_space(descriptor, self.path)
+            reserve_space(descriptor, self.path, None if rows is None else feature_ranges(self._file, rows))
         finally:
             os.close(descriptor)
 

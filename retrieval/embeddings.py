@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from features.reader import read_attrs
+from features.attrs import read_attrs
 from features.rows import contiguous_runs
 from features.schema import Status
 

@@ -1,6 +1,7 @@
 """A store another process holds open is never reopened, replaced or raced for; free space and allocation."""
 
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -128,3 +129,23 @@ def test_a_created_store_is_allocated_and_short_space_is_refused(tmp_path: Path,
         FeatureStoreWriter.create(tmp_path / "other.h5", tiny_dataset, attrs=config_attrs, feature_dim=FEATURE_DIM,
                                   crops=10, dtype="float32")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store.h5"]
+
+
+def test_a_shard_store_allocates_only_its_own_rows(tmp_path: Path, config_attrs) -> None:
+    from features.datasets import DatasetIndex
+
+    images = 400
+    dataset = DatasetIndex(image_paths=[f"{row}.jpg" for row in range(images)], image_splits=["train"] * images,
+                           caption_texts=["a caption"] * images, caption_tokens=None,
+                           caption_image_index=np.arange(images))
+    whole = FeatureStoreWriter.create(tmp_path / "whole.h5", dataset, attrs=config_attrs, feature_dim=256, crops=10,
+                                      dtype="float32")
+    whole.close()
+    shard = FeatureStoreWriter.create(tmp_path / "shard.h5", dataset, attrs=config_attrs, feature_dim=256, crops=10,
+                                      dtype="float32", rows=np.arange(100, 200))
+    shard.reserve_space(rows=np.arange(100, 200))  # a resume allocates the same rows again: nothing more
+    shard.close()
+    feature_bytes = images * 11 * 256 * 4
+    allocated = {name: os.stat(tmp_path / name).st_blocks * 512 for name in ("whole.h5", "shard.h5")}
+    assert allocated["whole.h5"] >= feature_bytes
+    assert feature_bytes / 4 <= allocated["shard.h5"] < feature_bytes / 4 + 2 ** 20  # its quarter, plus tables
