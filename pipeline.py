@@ -56,7 +56,7 @@ STAGES: dict[str, Stage] = {
         ExtractConfig, run_extract, "Stage 1: CNN features (1C / 10C) of every image into an HDF5 feature store.",
         consumes={"dataset": "dataset", "image_root": "image_root"},
         produces=lambda cfg: {"store": cfg.out}, input_paths=("dataset", "image_root"), writes=writes_file("out"),
-        resume_hint=lambda cfg: "rerun the same command to resume (finished rows are kept)"),
+        resume_hint=lambda cfg: "rerun the same command to resume (finished rows are kept)", distributed=True),
     "train": Stage(
         TrainConfig, run_train, "Stage 2: train the caption encoder and projection heads on stored features.",
         consumes={"store": "store"}, produces=_run_outputs, input_paths=("store", "resume"), presets=PRESETS,
@@ -132,8 +132,8 @@ def cli(config_file: str | None, log_level: str, dist_timeout: float) -> None:
 
         python pipeline.py extract --dataset D.json --image-root IMG --out feats.h5 train --out-dir runs/a eval
 
-    Under torchrun (`torchrun --nproc-per-node N pipeline.py train ...`) train and finetune run on every
-    rank with hard negatives over the global batch; other stages run on rank 0.
+    Under torchrun (`torchrun --nproc-per-node N pipeline.py train ...`) extract, train and finetune run on
+    every rank (train and finetune with hard negatives over the global batch); other stages run on rank 0.
     """
     rank = int(os.environ.get("RANK", "0"))  # torchrun's; only rank 0 logs below warnings
     logging.basicConfig(level=log_level if rank == 0 else "WARNING", force=True,

@@ -17,12 +17,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from common import distributed
 from common.device import autocast_context, default_workers, resolve_device
 from extract.backbones import FeatureBackbone, build_backbone
 from extract.config import ExtractConfig, config_json_path, parse_shard
+from extract.distributed import run_extract_distributed
 from extract.loader import ImageDataset, LoaderStalled, iter_batches, make_loader, stall_timeout
 from extract.transforms import CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE, normalize
 from extract.weights import NO_WEIGHTS, is_weights_path, resolve_weights
+from extract.writer import BackgroundWriter
 from features.datasets import DatasetIndex, check_image_paths, load_dataset, validate_image_root
 from features.disk import NO_SPACE_ERRNOS, StoreSpaceError
 from features.schema import CENTER_CROP_INDEX, PROVENANCE_ATTRS, Status
@@ -147,9 +150,9 @@ def _check_failures(cfg: ExtractConfig, writer: FeatureStoreWriter, scope: np.nd
                                "--image-root if that was wrong)")
 
 
-def _extract_rows(cfg: ExtractConfig, model: nn.Module, writer: FeatureStoreWriter, loader: DataLoader, *,
+def _extract_rows(cfg: ExtractConfig, model: nn.Module, writer: BackgroundWriter, loader: DataLoader, *,
                   device: torch.device, progress: tqdm) -> int:
-    """Run the CNN over the loader's batches and write them; return the number of rows handled."""
+    """Run the CNN over the loader's batches and queue their writes; return the number of rows handled."""
     handled = 0
     for batch in itertools.islice(iter_batches(loader), cfg.max_batches):  # max_batches None = all batches
         if batch.failed_indices:
@@ -163,6 +166,7 @@ def _extract_rows(cfg: ExtractConfig, model: nn.Module, writer: FeatureStoreWrit
             writer.write_rows(batch.indices.numpy(), center, feats if cfg.crops == 10 else None)
         handled += len(batch)
         progress.update(len(batch))
+    writer.drain()
     if cfg.max_batches is not None and handled < len(loader.dataset):
         logger.info("stopped after %d batches (max_batches); rerun without it to finish", cfg.max_batches)
     return handled
@@ -170,12 +174,14 @@ def _extract_rows(cfg: ExtractConfig, model: nn.Module, writer: FeatureStoreWrit
 
 def _extract_or_stop_cleanly(cfg: ExtractConfig, model: nn.Module, writer: FeatureStoreWriter,
                              loader: DataLoader, *, device: torch.device) -> int:
-    """_extract_rows with a progress bar; Ctrl-C, a full disk or hung workers flush what is done and stop
-    with the store resumable (the rows being written stay pending)."""
-    with tqdm(total=len(loader.dataset), unit="img", desc=f"extract {cfg.backbone}", mininterval=1.0) as progress:
+    """_extract_rows with a progress bar and the store written in a background thread; Ctrl-C, a full disk or
+    hung workers write what is computed, flush and stop with the store resumable (rows not written stay pending)."""
+    with tqdm(total=len(loader.dataset), unit="img", desc=f"extract {cfg.backbone}", mininterval=1.0) as progress, \
+            BackgroundWriter(writer) as background:
         try:
-            return _extract_rows(cfg, model, writer, loader, device=device, progress=progress)
+            return _extract_rows(cfg, model, background, loader, device=device, progress=progress)
         except (KeyboardInterrupt, LoaderStalled):
+            background.close()  # the computed batches are written: nothing done is lost
             writer.flush()
             counts = writer.summary()
             logger.warning("stopped: %d of %d images done, %d failed; the store %s is valid, rerun the "
@@ -201,7 +207,15 @@ def run_extract(cfg: ExtractConfig) -> dict:
     total, processed, seconds, images_per_s, file_bytes.
     """
     cfg.validate()
-    device = resolve_device(cfg.device)
+    context = distributed.current()
+    if context.enabled:
+        return run_extract_distributed(cfg, context, extract=_run_one_process)
+    return _run_one_process(cfg)
+
+
+def _run_one_process(cfg: ExtractConfig) -> dict:
+    """run_extract in one process (a rank of a distributed run extracts its shard with it)."""
+    device = distributed.device_for(resolve_device(cfg.device), distributed.current())
     if cfg.amp != "none" and device.type != "cuda":
         raise ValueError(f"amp {cfg.amp!r} applies on cuda only; the device is {device.type}: use --amp none")
     dataset = load_dataset(cfg.dataset, cfg.dataset_format)
