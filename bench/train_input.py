@@ -45,7 +45,7 @@ from train.text import build_vocabulary  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
 STORE_ATTRS = {
-    "backbone": "synthetic", "layer": "none", "weights_name": None, "weights_sha256": None, "weights_seed": None,
+    "backbone": "synthetic", "layer": "none", "weights_name": None, "weights_sha256": None, "weights_seed": None, "decode": "cpu",
     "resize": 256, "crop": 224, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
     "torch_version": "bench", "torchvision_version": "bench", "command": "bench/train_input.py",
     "image_root": "/nowhere", "dataset_path": "/nowhere/dataset.json",

@@ -41,7 +41,7 @@ from features.store import FeatureStoreWriter  # noqa: E402
 CROPS = 10
 WORDS_PER_CAPTION = 12
 STORE_ATTRS = {
-    "backbone": "synthetic", "layer": "none", "weights_name": None, "weights_sha256": None, "weights_seed": None,
+    "backbone": "synthetic", "layer": "none", "weights_name": None, "weights_sha256": None, "weights_seed": None, "decode": "cpu",
     "resize": 256, "crop": 224, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
     "torch_version": "bench", "torchvision_version": "bench", "command": "bench/train_memory.py",
     "image_root": "/nowhere", "dataset_path": "/nowhere/dataset.json",

@@ -5,6 +5,7 @@ AMP_MODES = ("none", "bf16", "fp16")  # autocast dtype on cuda; none = float32 (
 SPLITS = ("train", "val", "test", "restval")  # Karpathy splits; restval is the paper's "rV"
 FEATURE_DTYPES = ("float32", "float16")  # storage dtype of a feature store
 CROP_COUNTS = (1, 10)  # 1 = center crop (paper 1C), 10 = TenCrop (paper 10C)
+DECODE_DEVICES = ("cpu", "gpu")  # where extraction decodes JPEGs: DataLoader workers, or batched on the GPU
 
 # Image features the train stage reads from a store (see train/data.py).
 FEATURE_MODES = ("1c", "10c", "10c-random", "10c-set")

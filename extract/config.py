@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.choices import AMP_MODES, CROP_COUNTS, DEVICES, FEATURE_DTYPES
+from common.choices import AMP_MODES, CROP_COUNTS, DECODE_DEVICES, DEVICES, FEATURE_DTYPES
 from common.config import StageConfig
 from extract.backbones import BACKBONES
 from extract.loader import DEFAULT_IMAGE_TIMEOUT_S
@@ -81,6 +81,11 @@ class ExtractConfig(StageConfig):
         "help": "also retry images marked failed by an earlier run (e.g. after fixing the files)"})
     # seed of the random init (weights none), so random-init stores are reproducible
     seed: int = field(default=0, metadata={"help": "seed of the random init used with --weights none"})
+    # where JPEGs are decoded: the CPU in DataLoader workers, or batched on the GPU (nvJPEG) with the resize and crops
+    decode: str = field(default="cpu", metadata={
+        "help": "cpu = decode, resize and crop in DataLoader workers; gpu = workers only read the files, JPEG "
+                "batches are decoded, resized and cropped on the GPU (needs cuda; other formats fall back to the "
+                "CPU per image)", "choices": DECODE_DEVICES})
     # NHWC memory format; faster convolutions on CPU (oneDNN) and on CUDA tensor cores
     channels_last: bool = field(default=True, metadata={
         "help": "run the CNN in channels_last memory format (faster on recent CPUs and GPUs)"})

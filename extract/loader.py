@@ -188,14 +188,15 @@ def stall_timeout(image_timeout_s: float, batch_size: int) -> float:
 
 
 def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int, pin_memory: bool,
-                stall_timeout: float = 0.0) -> DataLoader:
+                stall_timeout: float = 0.0, collate: object = None) -> DataLoader:
     """Ordered DataLoader over ``dataset``; workers decode + resize + crop, the main process runs the CNN.
 
     With workers, `stall_timeout` > 0 makes a batch that does not come within that many seconds an error
-    (iterate with `iter_batches` to get it as LoaderStalled naming the rows).
+    (iterate with `iter_batches` to get it as LoaderStalled naming the rows). `collate` replaces the default
+    collate into a CropBatch (device decoding collects JPEG bytes instead).
     """
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=_Collate(dataset.crops), pin_memory=pin_memory,
+                      collate_fn=collate or _Collate(dataset.crops), pin_memory=pin_memory,
                       prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
                       timeout=stall_timeout if workers > 0 else 0)
 

@@ -21,6 +21,7 @@ from common import distributed
 from common.device import autocast_context, default_workers, resolve_device
 from extract.backbones import FeatureBackbone, build_backbone
 from extract.config import ExtractConfig, config_json_path, parse_shard
+from extract.device_decode import CollateBytes, JpegBytesDataset, decode_batch
 from extract.distributed import run_extract_distributed
 from extract.loader import ImageDataset, LoaderStalled, iter_batches, make_loader, stall_timeout
 from extract.transforms import CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE, normalize
@@ -86,7 +87,7 @@ def store_attrs(cfg: ExtractConfig, backbone: FeatureBackbone, *, weights_name: 
             "dtype": cfg.dtype, "torch_version": str(torch.__version__),
             "torchvision_version": str(torchvision.__version__), "h5py_version": str(h5py.__version__),
             "command": " ".join(sys.argv), "image_root": str(Path(cfg.image_root).resolve()),
-            "dataset_path": str(Path(cfg.dataset).resolve()), "shard": cfg.shard}
+            "dataset_path": str(Path(cfg.dataset).resolve()), "shard": cfg.shard, "decode": cfg.decode}
 
 
 def _open_store(cfg: ExtractConfig, dataset: DatasetIndex, attrs: dict, feature_dim: int, *, scope: np.ndarray,
@@ -155,6 +156,8 @@ def _extract_rows(cfg: ExtractConfig, model: nn.Module, writer: BackgroundWriter
     """Run the CNN over the loader's batches and queue their writes; return the number of rows handled."""
     handled = 0
     for batch in itertools.islice(iter_batches(loader), cfg.max_batches):  # max_batches None = all batches
+        if cfg.decode == "gpu":
+            batch = decode_batch(batch, device=device, crops=cfg.crops)
         if batch.failed_indices:
             for index, error in zip(batch.failed_indices, batch.errors):
                 logger.warning("image row %d failed: %s", index, error)
@@ -218,6 +221,8 @@ def _run_one_process(cfg: ExtractConfig) -> dict:
     device = distributed.device_for(resolve_device(cfg.device), distributed.current())
     if cfg.amp != "none" and device.type != "cuda":
         raise ValueError(f"amp {cfg.amp!r} applies on cuda only; the device is {device.type}: use --amp none")
+    if cfg.decode == "gpu" and device.type != "cuda":
+        raise ValueError(f"--decode gpu decodes on the GPU, but the device is {device.type}: use --decode cpu")
     dataset = load_dataset(cfg.dataset, cfg.dataset_format)
     image_root = validate_image_root(cfg.image_root)
     missing = check_image_paths(dataset, image_root, source=cfg.dataset)
@@ -236,11 +241,13 @@ def _run_one_process(cfg: ExtractConfig) -> dict:
         logger.info("extracting %d of %d images with %s (%s, %s) on %s, crops=%d, batch %d, %d workers; config in "
                     "%s", len(rows), dataset.num_images, cfg.backbone, model.layer_name, attrs["weights_name"],
                     device, cfg.crops, cfg.batch_size, workers, config_json)
-        image_dataset = ImageDataset(rows.tolist(), [str(image_root / dataset.image_paths[r]) for r in rows],
-                                     crops=cfg.crops, timeout_s=cfg.image_timeout)
+        dataset_class = JpegBytesDataset if cfg.decode == "gpu" else ImageDataset
+        image_dataset = dataset_class(rows.tolist(), [str(image_root / dataset.image_paths[r]) for r in rows],
+                                      crops=cfg.crops, timeout_s=cfg.image_timeout)
         loader = make_loader(image_dataset, batch_size=cfg.batch_size, workers=workers,
                              pin_memory=device.type == "cuda",
-                             stall_timeout=stall_timeout(cfg.image_timeout, cfg.batch_size))
+                             stall_timeout=stall_timeout(cfg.image_timeout, cfg.batch_size),
+                             collate=CollateBytes(cfg.crops) if cfg.decode == "gpu" else None)
         start = time.perf_counter()
         handled = _extract_or_stop_cleanly(cfg, model, writer, loader, device=device)
         counts = writer.summary()

@@ -28,7 +28,7 @@ CENTER_CROP_INDEX = TEN_CROP_ORDER.index("center")
 # values differ is refused, because rows made with different configs must never be mixed.
 CONFIG_ATTRS = (
     "backbone", "layer", "weights_name", "weights_sha256", "weights_seed",
-    "resize", "crop", "mean", "std", "crops", "dtype",
+    "resize", "crop", "mean", "std", "crops", "dtype", "decode",
 )
 
 # Root attributes that say which CNN made a store's features: a head trained on one store fits another store's

@@ -20,7 +20,7 @@ TEMPLATES = ("a {size} {color} {shape}", "there is a {color} {shape} , it is {si
 FEATURE_DIM = 24
 VAL_ONLY_WORD = "zebra"  # appears in val and test captions only: must never enter the vocabulary
 STORE_ATTRS = {
-    "backbone": "synthetic", "layer": "none", "weights_name": None, "weights_sha256": None, "weights_seed": None,
+    "backbone": "synthetic", "layer": "none", "weights_name": None, "weights_sha256": None, "weights_seed": None, "decode": "cpu",
     "resize": 256, "crop": 224, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
     "torch_version": "test", "torchvision_version": "test", "command": "tests/synthetic_store.py",
     "image_root": "/nowhere", "dataset_path": "/nowhere/dataset.json",

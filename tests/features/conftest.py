@@ -35,7 +35,7 @@ def tiny_dataset() -> DatasetIndex:
 def config_attrs() -> dict:
     """Config attributes as extract would pass them (crops and dtype come as arguments)."""
     return {
-        "backbone": "resnet18", "layer": "avgpool", "weights_name": None, "weights_sha256": None, "weights_seed": None,
+        "backbone": "resnet18", "layer": "avgpool", "weights_name": None, "weights_sha256": None, "weights_seed": None, "decode": "cpu",
         "resize": 256, "crop": 224, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
         "torch_version": "2.14.1", "torchvision_version": "0.29.1", "command": "pipeline.py extract",
         "image_root": "/data/images", "dataset_path": "/data/dataset.json",
