@@ -33,16 +33,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from eval.metrics import ranks_i2t, ranks_t2i  # noqa: E402
+from common.choices import DEVICES  # noqa: E402
+from common.device import resolve_device  # noqa: E402
 from eval.protocols import evaluate_protocol  # noqa: E402
 from eval.rank import retrieval_ranks  # noqa: E402
 from eval.topk import topk  # noqa: E402
 
 DIM = 1024
+DEVICE = torch.device("cpu")  # --device: the embeddings live there, and so does the engine's work
 
 
 def random_unit_rows(generator: torch.Generator, count: int, dim: int = DIM) -> torch.Tensor:
     rows = torch.randn(count, dim, generator=generator)
-    return rows.div_(torch.linalg.vector_norm(rows, dim=1, keepdim=True))
+    return rows.div_(torch.linalg.vector_norm(rows, dim=1, keepdim=True)).to(DEVICE)
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def eval_data(num_images: int, captions_per_image: int, *, shuffled: bool, seed: int = 0):
@@ -53,12 +61,12 @@ def eval_data(num_images: int, captions_per_image: int, *, shuffled: bool, seed:
     index = np.arange(num_images * captions_per_image) // captions_per_image
     if shuffled:
         index = np.random.default_rng(seed).permutation(index)
-    caption_emb = torch.empty(len(index), DIM)
+    caption_emb = torch.empty(len(index), DIM, device=DEVICE)
     for start in range(0, len(index), 10_000):
         # Noise 12x the image's norm: the positive's cosine (~0.08) stands ~2.7 sigma above a random pair's
         # (~0.03), which gives coco-5k-like recall (rsum ~260 at 5K images): ranks spread like a trained model's.
         rows = random_unit_rows(generator, min(10_000, len(index) - start)).mul_(12.0)
-        rows.add_(image_emb[torch.from_numpy(index[start:start + 10_000])])
+        rows.add_(image_emb[torch.from_numpy(index[start:start + 10_000]).to(DEVICE)])
         caption_emb[start:start + len(rows)] = rows.div_(torch.linalg.vector_norm(rows, dim=1, keepdim=True))
     return image_emb, caption_emb, index
 
@@ -106,7 +114,8 @@ def describe_memory(result: dict) -> str:
 
 
 def run_child(job: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", job], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, __file__, "--child", job, "--device", DEVICE.type], check=True,
+                         capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -119,8 +128,10 @@ def alternate(rounds: int, sides: dict) -> dict[str, list[float]]:
     seconds = {name: [] for name in sides}
     for _ in range(rounds):
         for name, fn in sides.items():
+            synchronize()
             start = time.perf_counter()
             fn()
+            synchronize()
             seconds[name].append(time.perf_counter() - start)
     return seconds
 
@@ -144,8 +155,8 @@ def bench_eval_5k(rounds: int) -> None:
     report_ratio(seconds, "evaluate_protocol", "bare matmul")
     print(f"  load after {load()}")
 
-    sims = (image_emb @ caption_emb.T).numpy()
-    engine_i2t, engine_t2i = (ranks.numpy() for ranks in retrieval_ranks(image_emb, caption_emb, index))
+    sims = (image_emb @ caption_emb.T).cpu().numpy()
+    engine_i2t, engine_t2i = (ranks.cpu().numpy() for ranks in retrieval_ranks(image_emb, caption_emb, index))
     matrix_i2t, matrix_t2i = ranks_i2t(sims, index), ranks_t2i(sims, index)
     print(f"  check vs recall_metrics' ranks on the bare matrix: {np.sum(engine_i2t != matrix_i2t)} i2t and "
           f"{np.sum(engine_t2i != matrix_t2i)} t2i mismatches of {len(engine_i2t)} + {len(engine_t2i)}")
@@ -191,12 +202,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternated rounds of each timed pair")
     parser.add_argument("--parts", default="a,b,c", help="which benchmarks to run: a, b, c")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where embeddings and the engine run")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = resolve_device(args.device)
     if args.child:
         child(args.child)
         return
     print(f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"numpy {np.__version__}, {os.cpu_count()} CPUs")
+          f"numpy {np.__version__}, {os.cpu_count()} CPUs, device {DEVICE}")
     parts = set(args.parts.split(","))
     if "a" in parts:
         bench_eval_5k(args.rounds)
