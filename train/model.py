@@ -13,10 +13,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from common.choices import IMAGE_POOLS, TEXT_POOLS
 from train import pooling
+from train.gru import PackedGRU
 from train.config import TrainConfig
 
 WORD_INIT_RANGE = 0.1  # reference: word embeddings uniform in [-0.1, 0.1]
@@ -44,9 +44,10 @@ def _set_pool(kind: str, dim: int, choices: tuple[str, ...], what: str) -> nn.Mo
 class TextEncoder(nn.Module):
     """Token ids [B, T] + lengths [B] -> L2-normalised caption embeddings [B, E].
 
-    Embedding(vocab, word_dim) -> GRU(word_dim, E, 1 layer) over packed sequences -> pooling of the
-    GRU states: "last" = state at each caption's true last token (the paper), "mean", "adaptive", "gpo"
-    -> optional linear caption head -> L2 norm.
+    Embedding(vocab, word_dim) -> GRU(word_dim, E, 1 layer) over each caption's true tokens (train/gru.py:
+    nn.GRU's math, its own faster backward on the CPU, cuDNN on CUDA) -> pooling of the GRU states: "last" =
+    state at each caption's true last token (the paper), "mean", "adaptive", "gpo" -> optional linear caption
+    head -> L2 norm.
     """
 
     def __init__(self, vocab_size: int, *, word_dim: int, embed_dim: int, text_pool: str = "last",
@@ -56,18 +57,15 @@ class TextEncoder(nn.Module):
         self.pool = _set_pool(text_pool, embed_dim, TEXT_POOLS, "text pool")
         self.embed = nn.Embedding(vocab_size, word_dim)
         nn.init.uniform_(self.embed.weight, -WORD_INIT_RANGE, WORD_INIT_RANGE)
-        self.gru = nn.GRU(word_dim, embed_dim, num_layers=1, batch_first=True)
+        self.gru = PackedGRU(word_dim, embed_dim)
         self.head = xavier_linear(embed_dim, embed_dim) if caption_head else None
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens int64 [B, T] (0-padded), lengths [B] (>= 1) -> [B, E]."""
-        lengths_cpu = lengths.detach().to("cpu", torch.int64)  # pack_padded_sequence wants CPU lengths
-        packed = pack_padded_sequence(self.embed(tokens), lengths_cpu, batch_first=True, enforce_sorted=False)
-        packed_states, last_state = self.gru(packed)
+        states, last_state = self.gru(self.embed(tokens), lengths)  # [B, T, E] (0 past each length), [B, E]
         if self.text_pool == "last":
-            pooled = last_state[-1]  # [B, E], in the input order (enforce_sorted=False unsorts h_n)
+            pooled = last_state
         else:
-            states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=tokens.shape[1])
             lengths_dev = lengths.to(states.device)
             pooled = pooling.masked_mean(states, lengths_dev) if self.pool is None else self.pool(states, lengths_dev)
         if self.head is not None:
