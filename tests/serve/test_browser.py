@@ -76,6 +76,15 @@ def clear_query(seen_run: SeenRun) -> tuple[str, str]:
     return split.caption_texts[caption], split.image_paths[int(top2.indices[0, caption])]
 
 
+def wait_until(page, expression: str, *, seconds: float = 20) -> None:
+    """Poll a JavaScript expression with page.evaluate (page.wait_for_function evaluates strings with eval, which the
+    page's Content-Security-Policy rightly forbids)."""
+    deadline = time.monotonic() + seconds
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {seconds} s: {expression}"
+        time.sleep(0.1)
+
+
 def message_after(page, sentence: str) -> str:
     page.fill("#query", sentence)
     page.press("#query", "Enter")
@@ -107,8 +116,8 @@ def test_typing_a_sentence_shows_the_expected_image_first(serve_url: str, seen_r
         assert page.locator("#captions li").count() == 6
         page.click("#gallery figure >> nth=2")  # a gallery image: its own captions are marked
         picked = page.get_attribute("#gallery figure >> nth=2", "title")
-        page.wait_for_function(f"document.getElementById('captions-note').textContent.includes({json.dumps(picked)})")
-        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        page.locator("#captions-note", has_text=picked).wait_for()
+        wait_until(page, "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
         screenshot = tmp_path / "serve_screenshot.png"
         page.screenshot(path=str(screenshot), full_page=True)
         keep_screenshot(screenshot)
