@@ -28,10 +28,14 @@ from demo.run import DemoConfig, DemoDataConfig, run_demo, run_generate
 from extract.config import ExtractConfig
 from extract.run import ExtractFailures, run_extract
 from features.merge import MergeConfig, run_merge
+from report.config import ReportConfig
+from report.run import run_report
 from retrieval.encode import EncodeConfig, run_encode
 from retrieval.evaluate import EvalConfig, run_eval
 from retrieval.export import ExportConfig, run_export
 from retrieval.search import SearchConfig, run_search
+from serve.config import ServeConfig
+from serve.run import run_serve
 from train.config import PRESETS, TrainConfig
 from train.finetune.config import CHECKPOINT_FIELDS, FinetuneConfig
 from train.finetune.run import run_finetune
@@ -90,6 +94,19 @@ STAGES: dict[str, Stage] = {
         "eval, encode, search and the Python API load like the checkpoint.",
         consumes={"checkpoint": "checkpoint"}, produces=lambda cfg: {"checkpoint": cfg.out},
         input_paths=("checkpoint",), writes=writes_file("out")),
+    "report": Stage(
+        ReportConfig, run_report,
+        "An HTML report of a run folder (RUN/report/index.html + PNGs, opens from disk): training curves, Recall@K "
+        "K=1..50 with chance, the config, sampled test retrievals, the worst queries, the ablation chart.",
+        consumes={"checkpoint": "checkpoint"},
+        input_paths=("run_dir", "checkpoint", "store", "image_root", "ablation"),
+        writes=lambda cfg: [Output("--out-dir", cfg.out_path, folder=True)]),
+    "serve": Stage(
+        ServeConfig, run_serve,
+        "A local search page (127.0.0.1 by default): a sentence -> images, an uploaded or picked image -> captions, "
+        "over a store split embedded at start or an embeddings file of `encode`.",
+        consumes={"checkpoint": "checkpoint", "embeddings": "embeddings"},
+        input_paths=("checkpoint", "embeddings", "store", "image_root", "weights")),
     "demo": Stage(
         DemoConfig, run_demo, "Generate the synthetic demo dataset and run every stage on it (CPU, a few minutes).",
         writes=writes_folder("out_dir")),

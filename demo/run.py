@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,9 @@ from demo.pretrain import pretrain_demo_backbone
 from demo.synthetic import generate_demo_dataset
 from extract.config import ExtractConfig
 from extract.run import run_extract
+from report.config import ReportConfig
+from report.examples import chance_recall
+from report.run import run_report
 from retrieval.evaluate import EvalConfig, run_eval
 from train.config import TrainConfig
 from train.finetune.config import FinetuneConfig
@@ -115,13 +117,6 @@ def _stage_configs(cfg: DemoConfig, dataset_json: Path, weights: str) -> dict:
     return {"extract": extract, "train": train, "finetune": finetune, "eval": evals}
 
 
-def chance_recall(*, num_images: int, captions_per_image: int, k: int) -> tuple[float, float]:
-    """(i2t, t2i) R@k in percent of a random ranking: P(one of an image's captions in the top k) and k / N."""
-    num_captions = num_images * captions_per_image
-    i2t = 1.0 - math.comb(num_captions - captions_per_image, k) / math.comb(num_captions, k)
-    return 100.0 * i2t, 100.0 * min(1.0, k / num_images)
-
-
 def _recall_table(rows: dict[str, dict], *, num_test: int) -> str:
     """Markdown table of R@K after each stage, with the chance level (5 captions per image) for reference."""
     keys = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"]
@@ -173,4 +168,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(table)
     print("\nseconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     print(f"artifacts in {out}/ (features.h5, train/, finetune/, eval-*.json, demo_results.md)")
+    summary["reports"] = [run_report(ReportConfig(run_dir=str(out / name), workers=cfg.workers, device="cpu"))["index"]
+                          for name in results]  # train, finetune: each run's HTML report, its path printed
     return summary

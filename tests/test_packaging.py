@@ -35,6 +35,7 @@ def test_the_wheel_holds_every_module_and_the_console_command(wheel: Path):
         entry_points = next(archive.read(name).decode() for name in names if name.endswith("entry_points.txt"))
     expected = {str(path.relative_to(ROOT)) for path in project_modules().values()}
     assert expected - names == set(), "modules the wheel leaves out: add their packages to pyproject.toml"
+    assert {f"serve/static/{name}" for name in ("index.html", "app.js", "style.css")} <= names, "the search page"
     assert not {name for name in names if name.startswith(("tests/", "bench/"))}
     assert "vsepp = pipeline:main" in entry_points
 

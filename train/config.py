@@ -14,6 +14,7 @@ from train.losses import unused_loss_options
 from train.losses.group import GROUP_GAMMA, GROUP_K, GROUP_TEMPERATURE
 from train.losses.hinge import MARGIN, ORDER_MARGIN
 from train.losses.lseh import LSEH_ALPHA, LSEH_LAMBDA
+from train.tensorboard import check_tensorboard_installed
 
 # VSE++ (Faghri et al., BMVC 2018) and its reference code.
 EMBED_DIM = 1024  # joint space and GRU hidden size
@@ -104,6 +105,8 @@ class TrainConfig(StageConfig):
     # run
     val_every_steps: int = field(default=0, metadata={"help": "also validate every N steps, 0 = per epoch only"})
     log_every: int = field(default=10, metadata={"help": "append a metrics.jsonl line every N steps"})
+    tensorboard: bool = field(default=False, metadata={
+        "help": "also write metrics.jsonl's scalars for TensorBoard into RUN/tensorboard (pip install tensorboard)"})
     workers: int = field(default=0, metadata={"help": "DataLoader worker processes for batches (0 = main)"})
     seed: int = field(default=0, metadata={"help": "seed of init, caption order and random crops"})
     overwrite: bool = field(default=False, metadata={
@@ -139,6 +142,8 @@ class TrainConfig(StageConfig):
         if self.image_pool == "adaptive" and self.feature_mode != "10c-set":
             raise ValueError(f"--image-pool adaptive pools the ten crops, but --feature-mode is "
                              f"{self.feature_mode!r}; use --feature-mode 10c-set (a store extracted with --crops 10)")
+        if self.tensorboard:
+            check_tensorboard_installed()
         unused = unused_loss_options(self)
         if unused:
             flags = ", ".join(f"{option_name(name)} {getattr(self, name)}" for name in unused)

@@ -23,10 +23,14 @@ RUNNING_LOSS_DECAY = 0.9  # exponential moving average of the loss shown in prog
 
 
 class MetricsLog:
-    """metrics.jsonl of a run: one JSON object per line ("step" and "val" events), written by rank 0 only."""
+    """metrics.jsonl of a run: one JSON object per line ("step" and "val" events), written by rank 0 only.
 
-    def __init__(self, path: Path, *, enabled: bool = True) -> None:
+    `mirror` (e.g. train.tensorboard.TensorBoardScalars) gets every record too, and the resume's purge.
+    """
+
+    def __init__(self, path: Path, *, enabled: bool = True, mirror: object | None = None) -> None:
         self.path, self.enabled = path, enabled
+        self.mirror = mirror if enabled else None
 
     def append(self, record: dict) -> None:
         """Add one line (flushed at once: a crash loses no line that was written)."""
@@ -34,10 +38,19 @@ class MetricsLog:
             return
         with open(self.path, "a", encoding="utf-8") as metrics_file:
             metrics_file.write(json.dumps(record) + "\n")
+        if self.mirror is not None:
+            self.mirror.write(record)
+
+    def close(self) -> None:
+        """Close the mirror (metrics.jsonl itself is closed after every line)."""
+        if self.mirror is not None:
+            self.mirror.close()
 
     def truncate_after(self, step: int) -> int:
         """Drop the lines of steps after `step` (written after the checkpoint a run resumes from, and about to
         be written again); return how many were dropped. A resumed run's file then equals an uninterrupted one's."""
+        if self.mirror is not None:
+            self.mirror.purge_after(step)
         if not self.enabled or not self.path.is_file():
             return 0
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)

@@ -17,7 +17,7 @@ LAST, BEST = "last.pt", "best.pt"  # checkpoints: the latest state, and the best
 
 # Options a resume may change; every other field must equal the checkpoint's (same run, same result).
 RESUME_MUTABLE_FIELDS = ("resume", "out_dir", "store", "epochs", "max_steps", "val_every_steps", "log_every",
-                         "workers", "device", "overwrite")
+                         "workers", "device", "overwrite", "tensorboard")
 
 
 def check_run_dir(out_dir: Path, *, resume: str, overwrite: bool) -> None:

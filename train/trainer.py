@@ -30,6 +30,7 @@ from train.model import VSEModel
 from train.progress import MetricsLog, ProgressReport, deferred_interrupt
 from train.run_dir import BEST, LAST, METRICS_FILE
 from train.step import TrainingStep, distributed_step
+from train.tensorboard import TENSORBOARD_DIR, TensorBoardScalars
 from train.text import Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ class Trainer:
         self.step_module = distributed_step(
             TrainingStep(self.model, self.loss, autocast_dtype=AMP_DTYPES.get(config.amp) if use_amp else None),
             self.device)
-        self.metrics = MetricsLog(self.out_dir / METRICS_FILE, enabled=self.dist.is_main)
+        tensorboard = config.tensorboard and self.dist.is_main
+        mirror = TensorBoardScalars(self.out_dir / TENSORBOARD_DIR) if tensorboard else None
+        self.metrics = MetricsLog(self.out_dir / METRICS_FILE, enabled=self.dist.is_main, mirror=mirror)
         # where the next step starts; steps done; the best validation so far; the last validation's step
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
         self.best_rsum, self.best_epoch, self.best_step = -math.inf, -1, -1
@@ -206,6 +209,7 @@ class Trainer:
                 self._run_epoch(interrupt)
             if self.validated_step != self.step:
                 self.validate_and_save()
+        self.metrics.close()
         summary = self.summary()
         logger.info("finished after %d steps (%d epochs): best validation rsum %.2f at epoch %d, step %d, in %s",
                     self.step, self.epoch, self.best_rsum, self.best_epoch, self.best_step, summary["best"])

@@ -26,4 +26,8 @@ def test_tiny_demo_runs_every_stage_and_writes_its_table(tmp_path, capsys):
     table = (out / "demo_results.md").read_text()
     assert "| train |" in table and "| finetune |" in table and "| chance |" in table
     assert json.loads((out / "demo.config.json").read_text())["num_test"] == 3
-    assert "Recall@K on the 3 test images" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Recall@K on the 3 test images" in printed
+    for stage in ("train", "finetune"):  # the demo ends with each run's report, its path printed
+        index = out / stage / "report" / "index.html"
+        assert index.is_file() and f"report: {index}" in printed and str(index) in summary["reports"]
