@@ -21,4 +21,5 @@ run python bench/train_input.py --mode finetune --device auto
 run python bench/train_speed.py
 run python bench/train_memory.py
 run python bench/distributed_train.py --batch-sizes 128,1024
+run python bench/shard_merge.py
 echo "results in $out"

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from common.choices import CROP_COUNTS, FEATURE_MODES
 from common.config import StageConfig
 from common.files import atomic_write_json, atomic_write_text
@@ -15,7 +17,7 @@ from demo.synthetic import generate_demo_dataset
 from extract.config import ExtractConfig
 from extract.run import run_extract
 from report.config import ReportConfig
-from report.examples import chance_recall
+from eval.metrics import chance_recall
 from report.run import run_report
 from retrieval.evaluate import EvalConfig, run_eval
 from train.config import TrainConfig
@@ -36,6 +38,7 @@ DEMO_TRAIN_EPOCHS = 20
 DEMO_LR_DECAY_EPOCHS = 15
 # On a small training set MH starts slowly (paper Fig. 2); the demo warms up with SH.
 DEMO_WARMUP_EPOCHS = 5
+DEMO_THREADS = 2  # the demo's torch threads: this project's machines have 2 cores
 DEMO_FINETUNE_STEPS = 30  # half an epoch: the CNN forward at 224 px dominates the demo's time on a CPU
 
 
@@ -94,6 +97,10 @@ class DemoConfig(StageConfig):
     finetune_batch_size: int = field(default=32, metadata={"help": "captions per finetune step"})
     workers: int = field(default=2, metadata={"help": "image decoding workers"})
     seed: int = field(default=0, metadata={"help": "seed of data, init, order and crops"})
+    # Float sums split over threads round differently, so a fixed count gives the same numbers on any machine
+    # with the same CPU instruction set, whatever its number of cores.
+    threads: int = field(default=DEMO_THREADS, metadata={
+        "help": "torch threads of every stage (fixed for numbers that do not depend on the machine's core count)"})
 
 
 def _stage_configs(cfg: DemoConfig, dataset_json: Path, weights: str) -> dict:
@@ -132,6 +139,7 @@ def _recall_table(rows: dict[str, dict], *, num_test: int) -> str:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Generate -> (pretrain) -> extract -> train -> (finetune) -> eval; print and save the recall table."""
+    torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save_json(out / "demo.config.json")

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from eval.blocks import SimFn, as_embeddings, dot_sim
-from eval.metrics import DEFAULT_CHUNK_SIZE, DEFAULT_KS, recall_metrics_from_embeddings, validate_caption_image_index
+from eval.metrics import (DEFAULT_CHUNK_SIZE, DEFAULT_KS, chance_metrics, recall_metrics_from_embeddings,
+                          validate_caption_image_index)
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ def evaluate_protocol(
     its metrics are recall_metrics(sim_fn(images_f, captions_f), ...). The result holds, for each metric key
     of recall_metrics, the mean over folds (coco-1k: over its 5 folds of 1000 images, as the reference
     VSE++ evaluation; medr is averaged too), plus "protocol", "num_images", "num_captions", "num_folds"
-    and "folds" (the per-fold metric dicts; a single fold for coco-5k, f30k-1k and all-images).
+    "folds" (the per-fold metric dicts; a single fold for coco-5k, f30k-1k and all-images) and "chance" (the
+    R@K and rsum of a random ranking of the same folds, chance_metrics).
     The [N, M] matrix is never held: recall_metrics_from_embeddings ranks each fold by blocks of chunk_size
     images x eval.blocks.DEFAULT_CAPTION_BLOCK captions (a sim_fn with [n, m, D] temporaries must bound them).
     """
@@ -108,6 +110,9 @@ def evaluate_protocol(
         logger.info("%s fold images %d..%d: rsum %.2f", protocol, start, end - 1, fold_metrics[-1]["rsum"])
 
     results: dict = {key: float(np.mean([fold[key] for fold in fold_metrics])) for key in fold_metrics[0]}
+    fold_chance = [chance_metrics(np.bincount(index[(index >= start) & (index < end)] - start,
+                                              minlength=end - start), ks=ks) for start, end in folds]
+    results["chance"] = {key: float(np.mean([fold[key] for fold in fold_chance])) for key in fold_chance[0]}
     results.update(
         protocol=protocol,
         num_images=num_images,
@@ -145,5 +150,11 @@ def format_table(results: dict) -> str:
     for direction, name in names.items():
         values = "".join(f"{results[f'{direction}_{column}']:>8.2f}" for column in columns)
         lines.append(f"{name:<26}{values}")
-    lines.append(f"{'rsum':<26}{results['rsum']:>8.2f}")
+    chance = results.get("chance")
+    if chance:  # what a random ranking scores on these images and captions
+        for direction in ("i2t", "t2i"):
+            values = "".join(f"{chance[f'{direction}_r{k}']:>8.2f}" for k in ks)
+            lines.append(f"{f'{direction} by chance':<26}{values}")
+    rsum = f"{'rsum':<26}{results['rsum']:>8.2f}"
+    lines.append(rsum + (f"  (chance {chance['rsum']:.2f})" if chance else ""))
     return "\n".join(lines)

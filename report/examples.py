@@ -33,29 +33,6 @@ class Example:
     right_score: float
 
 
-def chance_recall(*, num_images: int, captions_per_image: int, k: int) -> tuple[float, float]:
-    """(i2t, t2i) R@k in percent of a random ranking: P(one of an image's captions in the top k) and k / N."""
-    i2t, t2i = chance_curve(np.full(num_images, captions_per_image), ks=[k])
-    return float(i2t[0]), float(t2i[0])
-
-
-def chance_curve(captions_per_image: np.ndarray, *, ks: list[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(i2t, t2i) R@K in percent of a random ranking for each K, any number of captions per image.
-
-    t2i: K / N. i2t: the mean over images of 1 - C(M - c_i, K) / C(M, K), the chance that none of image i's c_i
-    captions misses the top K of M, computed as a product prod_{j<K} (M - c_i - j) / (M - j) (no huge integers).
-    """
-    counts = np.asarray(captions_per_image, dtype=np.float64)
-    num_images, num_captions = len(counts), counts.sum()
-    i2t, t2i = [], []
-    for k in ks:
-        j = np.arange(min(k, num_captions))
-        miss = np.prod(np.clip((num_captions - counts[:, None] - j) / (num_captions - j), 0.0, None), axis=1)
-        i2t.append(100.0 * float(np.mean(1.0 - miss)))
-        t2i.append(100.0 * min(1.0, k / num_images))
-    return np.asarray(i2t), np.asarray(t2i)
-
-
 def recall_curve(ranks: np.ndarray, *, ks: list[int] | np.ndarray) -> np.ndarray:
     """R@K in percent of 1-based ranks for each K."""
     ranks = np.asarray(ranks)

@@ -14,7 +14,8 @@ from eval.metrics import metrics_from_ranks
 from features.reader import FeatureStore
 from report.collect import Curves, find_ablation, read_ablation, read_config, read_curves
 from report.config import ReportConfig
-from report.examples import SplitRetrievals, chance_curve, recall_curve
+from eval.metrics import chance_curve
+from report.examples import SplitRetrievals, recall_curve
 from report.page import ReportPage
 from report.thumbs import Thumbnails
 from retrieval.api import VSE

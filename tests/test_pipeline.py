@@ -38,7 +38,8 @@ def test_chain_runs_every_stage_and_passes_artifacts_along(tmp_path):
                      "run/config.json", "ft/best.pt", "ft/config.json", "ft/eval-test.json"):
         assert (work / artifact).is_file(), artifact
     finetune_cfg = json.loads((work / "ft/config.json").read_text())
-    assert finetune_cfg["checkpoint"] == "run/best.pt" and finetune_cfg["store"] == "feats.h5"
+    assert finetune_cfg["checkpoint"] == str(work / "run/best.pt") and finetune_cfg["store"] == str(work / "feats.h5")
+    assert json.loads((work / "run/config.json").read_text())["store"] == str(work / "feats.h5")  # absolute paths
     results = json.loads((work / "ft/eval-test.json").read_text())
     assert results["kind"] == "finetune" and list(results["protocols"]) == ["all-images"]
     assert "i2t (caption retrieval)" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -31,6 +32,14 @@ def check_device(cfg: TrainConfig) -> torch.device:
     if cfg.amp != "none" and device.type != "cuda":
         raise ValueError(f"--amp {cfg.amp} needs CUDA; use --amp none on the CPU")
     return distributed.device_for(device, distributed.current())
+
+
+def warn_if_one_step_per_epoch(cfg: TrainConfig, num_captions: int) -> None:
+    """A batch larger than the training set makes every epoch one step: say so (small data, or a wrong split)."""
+    if cfg.batch_size >= num_captions:
+        logger.warning("--batch-size %d covers all %d training captions: every epoch is a single step (hard "
+                       "negatives are searched over the whole set); use a smaller batch for more steps",
+                       cfg.batch_size, num_captions)
 
 
 def open_run_dir(out_dir: Path, cfg: TrainConfig, vocab: Vocabulary) -> None:
@@ -70,6 +79,8 @@ def run_summary(summary: dict, out_dir: Path) -> dict:
 def run_train(cfg: TrainConfig) -> dict:
     """Train the VSE model of `cfg` on its feature store; return best rsum, epoch, step and artifact paths."""
     cfg.validate()
+    # The run folder's config names the store absolutely: finetune, eval and encode default to it from anywhere.
+    cfg = dataclasses.replace(cfg, store=str(Path(cfg.store).resolve()))
     device = check_device(cfg)
     checkpoint = None
     if cfg.resume:
@@ -89,6 +100,7 @@ def run_train(cfg: TrainConfig) -> dict:
         batches = CaptionBatches(store, splits=cfg.all_train_splits(), vocab=vocab, feature_mode=cfg.feature_mode,
                                  batch_size=cfg.batch_size, seed=cfg.seed,
                                  share=RankShare(context.rank, context.world_size))
+        warn_if_one_step_per_epoch(cfg, batches.num_captions)
         open_run_dir(out_dir, cfg, vocab)
         torch.manual_seed(cfg.seed)  # model init; data order and crops are seeded from (seed, epoch, step)
         model = build_model(cfg, vocab_size=len(vocab), feature_dim=store.feature_dim)

@@ -3,7 +3,8 @@
 import json
 import math
 
-from demo.run import DemoConfig, chance_recall, run_demo
+from demo.run import DemoConfig, run_demo
+from eval.metrics import chance_recall
 
 
 def test_chance_recall_matches_counting():

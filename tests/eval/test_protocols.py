@@ -139,10 +139,25 @@ def test_format_table_lays_out_both_directions_and_rsum(rng, make_index):
         values = [float(value) for value in line.split()[-5:]]
         expected = [results[f"{direction}_{key}"] for key in ("r1", "r5", "r10", "medr", "meanr")]
         assert values == pytest.approx(expected, abs=0.005)
-    assert lines[4].split() == ["rsum", f"{results['rsum']:.2f}"]
+    assert [line.split()[:3] for line in lines[4:6]] == [["i2t", "by", "chance"], ["t2i", "by", "chance"]]
+    assert lines[6].split() == ["rsum", f"{results['rsum']:.2f}", "(chance", f"{results['chance']['rsum']:.2f})"]
     assert len({len(line) for line in lines[1:4]}) == 1  # fixed width
 
 
 def test_format_table_rejects_results_without_metrics():
     with pytest.raises(ValueError, match="results lack metric keys"):
         format_table({"protocol": "coco-5k", "i2t_r1": 1.0})
+
+
+def test_results_carry_the_chance_of_a_random_ranking_and_the_table_shows_it():
+    from eval.metrics import chance_metrics
+
+    generator = torch.Generator().manual_seed(0)
+    image_emb, caption_emb = torch.randn(6, 4, generator=generator), torch.randn(14, 4, generator=generator)
+    index = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4, 5, 5])  # uneven captions per image
+    results = evaluate_protocol(image_emb, caption_emb, index, protocol="all-images")
+    assert results["chance"] == chance_metrics(np.bincount(index), ks=(1, 5, 10))
+    assert results["chance"]["t2i_r1"] == pytest.approx(100 / 6) and results["chance"]["i2t_r10"] <= 100
+    table = format_table(results)
+    assert "i2t by chance" in table and "t2i by chance" in table
+    assert f"(chance {results['chance']['rsum']:.2f})" in table

@@ -87,3 +87,27 @@ def test_run_records_weights_sha256(tiny_dataset: tuple[Path, Path], tmp_path: P
     with h5py.File(out, "r") as h5file:
         assert h5file.attrs["weights_name"] == "my_resnet18.pth"
         assert h5file.attrs["weights_sha256"] == sha256_of_file(resnet18_file[0])
+
+
+class _Exploit:
+    """Unpickling it would create a file: the proof that pickled code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_weights_file_holding_pickled_code_is_an_error_and_the_code_never_runs(tmp_path: Path) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"fc.weight": _Exploit(marker)}))
+    torch.save({"fc.weight": _Exploit(marker)}, tmp_path / "evil_zip.pth")
+    assert not marker.exists()
+    for name in ("evil.pth", "evil_zip.pth"):
+        with pytest.raises(ValueError, match="cannot be read as a state_dict of tensors"):
+            build_backbone("resnet18", tmp_path / name)
+    assert not marker.exists()

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from eval.blocks import dot_sim
-from report.examples import SplitRetrievals, chance_curve, chance_recall, recall_curve
+from eval.metrics import chance_curve, chance_recall
+from report.examples import SplitRetrievals, recall_curve
 
 
 def test_chance_recall_matches_counting():

@@ -126,3 +126,12 @@ def test_resume_on_a_store_of_another_cnn_is_refused(tiny_config: TrainConfig, m
     last = str(Path(tiny_config.out_dir) / "last.pt")
     with pytest.raises(ValueError, match="another CNN .*weights_sha256: trained on '', store has 'fff"):
         run_train(dataclasses.replace(tiny_config, store=str(other), resume=last))
+
+
+def test_a_batch_as_large_as_the_training_set_is_warned_about(tiny_config: TrainConfig, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="train.run"):
+        run_train(dataclasses.replace(tiny_config, batch_size=500, epochs=1))  # 192 training captions
+    assert any("covers all 192 training captions: every epoch is a single step" in record.getMessage()
+               for record in caplog.records)

@@ -27,7 +27,7 @@ from train.finetune.data import ImageCaptionBatches, encode_split_from_images
 from train.losses import VSELoss, build_loss
 from train.model import VSEModel, build_model
 from train.data import RankShare
-from train.run import check_device, open_run_dir, run_summary
+from train.run import check_device, open_run_dir, run_summary, warn_if_one_step_per_epoch
 from train.run_dir import RESUME_MUTABLE_FIELDS, check_resume_config, check_run_dir
 from train.text import Vocabulary
 from train.trainer import Trainer
@@ -113,6 +113,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
                 init["step"], init["best_rsum"])
     cfg = resolve_config(cfg, init["config"])
     cfg.validate()
+    cfg = dataclasses.replace(cfg, checkpoint=str(Path(cfg.checkpoint).resolve()), store=str(Path(cfg.store).resolve()))
     device = check_device(cfg)
     resume_from = load_checkpoint(cfg.resume, expected_kind="finetune") if cfg.resume else None
     if resume_from is not None:
@@ -125,7 +126,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         check_run_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
         for splits in (cfg.all_train_splits(), (cfg.val_split,)):
             store.require_complete(splits)
-        image_root = validate_image_root(cfg.image_root or store.attrs["image_root"])
+        image_root = validate_image_root(cfg.image_root or store.attrs["image_root"]).resolve()
         cfg = dataclasses.replace(cfg, image_root=str(image_root))
         model, cnn, vocab, model_spec = init_model(cfg, init, store=store)
         with context.main_first():  # rank 0 fits and caches LSEH's vectors, the others read the cache
@@ -135,6 +136,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
                                       seed=cfg.seed, image_root=image_root, rc=cfg.rc,
                                       share=RankShare(context.rank, context.world_size))
         _check_images(batches, store, image_root, cfg.val_split)
+        warn_if_one_step_per_epoch(cfg, batches.num_captions)
         if cfg.feature_mode != "1c":
             logger.info("the head was trained on %s features; the fine-tuned CNN gives one crop per caption (a set "
                         "of one: mean and adaptive pooling of one vector are that vector)", cfg.feature_mode)
