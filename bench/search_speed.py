@@ -162,7 +162,7 @@ def main() -> None:
         write_embeddings(Path(folder) / "gallery.h5", gallery)
         for name, index in indexes.items():
             faiss.write_index(index, str(Path(folder) / f"{name}.index"))
-        del gallery, indexes
+        gallery = indexes = None  # frees them (the lambdas above hold the same cells) before the children run
         for job in ("exact", "exact-file", *SPECS):
             result = run_child(job, folder)
             print(f"  child {job}: search {result['seconds']:.2f} s, peak RSS {result['vmhwm_mib']:.0f} MiB = "

@@ -10,10 +10,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrieval.encode import EncodeConfig, run_encode
 from serve.config import LOOPBACK, ServeConfig
 from serve.service import SearchService
+
+if TYPE_CHECKING:
+    import uvicorn
 
 logger = logging.getLogger(__name__)
 

@@ -9,3 +9,6 @@ torch.set_num_threads(1)
 
 # The report and serve tests share one small real run and one browser (built once per session, when asked for).
 from tests.see_fixtures import chromium, seen_run  # noqa: E402,F401  (pytest fixtures)
+# Fixtures that top-level test modules share with the stage folders.
+from tests.extract.conftest import tiny_dataset as images  # noqa: E402,F401  (dataset JSON, image root)
+from tests.synthetic_store import make_train_store, store_path, tiny_config  # noqa: E402,F401

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.synthetic_store import make_train_store, store_path, tiny_config  # noqa: F401  (pytest fixtures)
 from tests.test_architecture import ROOT, project_modules
 
 

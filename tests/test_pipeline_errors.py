@@ -17,10 +17,8 @@ from click.testing import CliRunner
 
 import pipeline
 from features.store import FeatureStoreWriter
-from tests.extract.conftest import tiny_dataset as images  # noqa: F401  (pytest fixture: dataset JSON, root)
 from tests.extract.test_run_extract_inputs import fill_the_disk_at_write
 from tests.features.test_disk import held_open
-from tests.synthetic_store import make_train_store  # noqa: F401  (pytest fixture)
 from train.checkpoint import load_checkpoint
 
 TINY_TRAIN = ["--embed-dim", "16", "--word-dim", "8", "--batch-size", "16", "--epochs", "2", "--workers", "0",
@@ -51,7 +49,7 @@ def read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
 
 
 @pytest.fixture
-def checkpoint(make_train_store, tmp_path: Path) -> Path:  # noqa: F811
+def checkpoint(make_train_store, tmp_path: Path) -> Path:
     """best.pt of a tiny training run on the synthetic store."""
     result = run_cli(["train", "--store", str(make_train_store()), "--out-dir", str(tmp_path / "run"), *TINY_TRAIN])
     assert result.exit_code == 0, result.output
