@@ -7,7 +7,8 @@ Each side runs the real TrainingStep (model + loss, in DistributedDataParallel f
 on synthetic batches (random token ids, 12 +/- 2 words, random 2048-d features), in fresh processes spawned on
 loopback: 1 process with all the machine's threads, or N ranks with threads / N each. Peak RSS is each
 process's own maximum resident set (ru_maxrss), imports included. The losses' share of it is small: each rank
-scores 2 x (B / N) x B similarities (4 MB at B = 1024, N = 2), against B x B in one process.
+scores 2 x (B / N) x B similarities (4 MB at B = 1024, N = 2), against B x B in one process. The ranks also time
+one all-reduce of a tensor the size of all gradients: the communication DDP adds to every step.
 """
 
 from __future__ import annotations
@@ -77,7 +78,17 @@ def worker(rank: int, world_size: int, port: int, args: argparse.Namespace, batc
         if number:  # the first step warms up
             times.append(time.perf_counter() - start)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    Path(f"{out}.{rank}").write_text(json.dumps({"seconds": sorted(times)[len(times) // 2], "peak_mib": peak_mib}))
+    result = {"seconds": sorted(times)[len(times) // 2], "peak_mib": peak_mib}
+    if world_size > 1:  # what DDP adds per step: one all-reduce of every gradient (in buckets, beside backward)
+        gradients = torch.zeros(sum(parameter.numel() for parameter in model.parameters()))
+        spans = []
+        for _ in range(3):
+            context.barrier()
+            start = time.perf_counter()
+            torch.distributed.all_reduce(gradients)
+            spans.append(time.perf_counter() - start)
+        result.update(allreduce_seconds=sorted(spans)[1], gradient_mib=gradients.numel() * 4 / 2**20)
+    Path(f"{out}.{rank}").write_text(json.dumps(result))
     distributed.shutdown()
 
 
@@ -114,8 +125,10 @@ def main() -> None:
             seconds = max(result["seconds"] for result in results)
             peaks = ", ".join(f"{result['peak_mib']:.0f}" for result in results)
             print(f"{batch_size:>12} {world:>5} {seconds:>8.3f} {1 / seconds:>8.2f} {peaks:>20}")
+        communication = (f"; all-reduce of the {several[0]['gradient_mib']:.0f} MiB of gradients alone: "
+                         f"{max(r['allreduce_seconds'] for r in several):.3f} s" if args.ranks > 1 else "")
         print(f"{'':>12} ratio {args.ranks} ranks / 1 process steps/s: "
-              f"{max(r['seconds'] for r in single) / max(r['seconds'] for r in several):.2f}")
+              f"{max(r['seconds'] for r in single) / max(r['seconds'] for r in several):.2f}{communication}")
     print(f"load after {os.getloadavg()[0]:.2f}")
 
 

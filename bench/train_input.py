@@ -150,7 +150,8 @@ def main() -> None:
     parser.add_argument("--word-dim", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--finetune-batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=8, help="steps per side and round")
+    parser.add_argument("--steps", type=int, default=24,
+                        help="steps per side and round (the loop's include the epoch's start)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers of the loop (0: the prefetch "
                                                                    "thread; default: the stage's own default)")

@@ -166,7 +166,7 @@ def run_child(args: argparse.Namespace) -> None:
     masks = install_reader(args.reader)
     cfg = TrainConfig(store=args.store, out_dir=args.out_dir, feature_mode="10c", embed_dim=args.embed_dim,
                       word_dim=args.word_dim, batch_size=args.batch_size, epochs=1, device="cpu",
-                      log_every=1000, seed=0)
+                      log_every=1000, seed=0, overwrite=True)  # the run folder is this script's own
     start = time.perf_counter()
     summary = run_train(cfg)
     seconds = time.perf_counter() - start

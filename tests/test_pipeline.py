@@ -104,7 +104,8 @@ def test_every_option_says_its_default_or_that_it_is_required(stage):
             assert config_field.name not in options
             continue
         help_text = options[config_field.name].help
-        default = config_field.default
+        default = (config_field.default_factory() if config_field.default_factory is not dataclasses.MISSING
+                   else config_field.default)
         if config_field.metadata.get("required"):
             assert help_text.endswith("  [required]"), config_field.name
         elif default not in ("", None, ()):

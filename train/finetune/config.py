@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.choices import RC_MODES
+from common.device import default_workers
 from train.config import TrainConfig
 
 # The VSE++ paper (Sec. 4): fine-tuned models start from a model trained for 30 epochs on a fixed image
@@ -12,7 +13,6 @@ from train.config import TrainConfig
 # --finetune) uses one Adam lr for the CNN and the rest, with batch 128 and grad clip 2.
 FINETUNE_EPOCHS = 15
 FINETUNE_LR = 2e-5
-FINETUNE_WORKERS = 2
 # Fields a fine-tune takes from its train-stage checkpoint (model shape, vocabulary splits, loss): left at the
 # TrainConfig default they are replaced by the checkpoint's value; any other value must equal it (ValueError).
 # The CLI does not offer them for `finetune`.
@@ -65,8 +65,10 @@ class FinetuneConfig(TrainConfig):
                 "fits batch 128 on small GPUs; needs frozen BatchNorm)"})
     channels_last: bool = field(default=True, metadata={
         "help": "run the CNN in channels_last memory format (faster on recent CPUs and GPUs)"})
-    workers: int = field(default=FINETUNE_WORKERS, metadata={
-        "help": "DataLoader worker processes decoding images (0 = in the main process)"})
+    # decoding in worker processes keeps up with the CNN where a thread in this process does not (BENCHMARKS.md)
+    workers: int = field(default_factory=default_workers, metadata={
+        "help": "DataLoader worker processes decoding images (0 = in the main process; default: min(4, the CPU "
+                "cores this process may use))"})
 
     def validate(self) -> None:
         """TrainConfig's checks plus the finetune-only options, without touching the disk (ValueError)."""
