@@ -98,7 +98,7 @@ STAGES: dict[str, Stage] = {
         ReportConfig, run_report,
         "An HTML report of a run folder (RUN/report/index.html + PNGs, opens from disk): training curves, Recall@K "
         "K=1..50 with chance, the config, sampled test retrievals, the worst queries, the ablation chart.",
-        consumes={"checkpoint": "checkpoint"},
+        consumes={"checkpoint": "checkpoint"}, positional="run_dir",
         input_paths=("run_dir", "checkpoint", "store", "image_root", "ablation"),
         writes=lambda cfg: [Output("--out-dir", cfg.out_path, folder=True)]),
     "serve": Stage(

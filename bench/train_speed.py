@@ -26,6 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench.workload import add_model_arguments, step_gflop  # noqa: E402
+
 from train.config import TrainConfig  # noqa: E402
 from train.data import Batch, pad_token_ids  # noqa: E402
 from train.losses import build_loss  # noqa: E402
@@ -48,16 +50,6 @@ def synthetic_batch(rng: np.random.Generator, *, batch_size: int, words: int, vo
                  image_ids=torch.arange(batch_size), caption_rows=torch.arange(batch_size))
 
 
-def step_gflop(batch: Batch, *, word_dim: int, embed_dim: int, feature_dim: int) -> dict[str, float]:
-    """Matrix-product GFLOP of one step (forward + backward = 3 x forward, 2 FLOP per multiply-add)."""
-    tokens = int(batch.lengths.sum())  # packed sequences: only the true tokens go through the GRU
-    batch_size = len(batch)
-    parts = {"gru": 3 * 2 * 3 * embed_dim * (word_dim + embed_dim) * tokens,  # 3 gates: W_i x + W_h h
-             "image_head": 3 * 2 * feature_dim * embed_dim * batch_size,
-             "sims": 3 * 2 * batch_size * batch_size * embed_dim}
-    return {name: flop / 1e9 for name, flop in parts.items()}
-
-
 def time_steps(trainer: Trainer, batches: list[Batch], *, threads: int, warmup: int,
                steps: int) -> list[tuple[float, float]]:
     """(wall s, process CPU s) of each of `steps` train_step calls after `warmup` untimed ones."""
@@ -74,12 +66,7 @@ def time_steps(trainer: Trainer, batches: list[Batch], *, threads: int, warmup: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--embed-dim", type=int, default=1024, help="GRU and joint space size (paper: 1024)")
-    parser.add_argument("--word-dim", type=int, default=300, help="word embedding size (paper: 300)")
-    parser.add_argument("--feature-dim", type=int, default=2048, help="image feature size (ResNet152: 2048)")
-    parser.add_argument("--words", type=int, default=12, help="mean words per caption (COCO: ~11)")
-    parser.add_argument("--vocab-size", type=int, default=10000, help="vocabulary size incl. special tokens")
+    add_model_arguments(parser)
     parser.add_argument("--loss", default="mh", help="training loss (paper: mh)")
     parser.add_argument("--threads", default="1,2", help="comma list of torch thread counts")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each timing")
@@ -108,9 +95,9 @@ def main() -> None:
 
     seconds = {threads: [wall for wall, _ in pairs] for threads, pairs in timings.items()}
     cpu_seconds = {threads: [cpu for _, cpu in pairs] for threads, pairs in timings.items()}
-    gflop = [sum(step_gflop(batch, word_dim=args.word_dim, embed_dim=args.embed_dim,
+    gflop = [sum(step_gflop(batch.lengths, word_dim=args.word_dim, embed_dim=args.embed_dim,
                             feature_dim=args.feature_dim).values()) for batch in batches]
-    parts = step_gflop(batches[0], word_dim=args.word_dim, embed_dim=args.embed_dim, feature_dim=args.feature_dim)
+    parts = step_gflop(batches[0].lengths, word_dim=args.word_dim, embed_dim=args.embed_dim, feature_dim=args.feature_dim)
     mean_gflop = statistics.mean(gflop)
     print(f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at the end")

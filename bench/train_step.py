@@ -41,7 +41,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from train.gru import PackedGRU
+from bench.workload import add_model_arguments, step_gflop  # noqa: E402
+from train.gru import PackedGRU  # noqa: E402
 
 START_ID, END_ID, FIRST_WORD_ID = 1, 2, 4  # <pad>=0, <start>=1, <end>=2, <unk>=3, then words
 WORD_INIT_RANGE = 0.1  # reference: word embeddings uniform in [-0.1, 0.1]
@@ -168,15 +169,6 @@ def compare_first_step(a: Side, b: Side, batch: Batch) -> str:
             f"max |grad a - grad b| / max |grad b| over parameters {worst:.1e}")
 
 
-def step_gflop(batch: Batch, *, word_dim: int, embed_dim: int, feature_dim: int) -> dict[str, float]:
-    """Matrix-product GFLOP of one step (forward + backward = 3 x forward, 2 FLOP per multiply-add)."""
-    tokens, batch_size = int(batch.lengths.sum()), batch.lengths.shape[0]
-    parts = {"gru": 3 * 2 * 3 * embed_dim * (word_dim + embed_dim) * tokens,  # 3 gates: W_i x + W_h h
-             "image_head": 3 * 2 * feature_dim * embed_dim * batch_size,
-             "sims": 3 * 2 * batch_size * batch_size * embed_dim}
-    return {name: flop / 1e9 for name, flop in parts.items()}
-
-
 def timed_steps(side: Side, batches: list[Batch], first: int, count: int,
                 device: torch.device) -> list[tuple[float, float]]:
     """(wall s, process CPU s) of `count` steps on batches first, first + 1, ... (cycling)."""
@@ -213,12 +205,7 @@ def describe(seconds: list[float], cpu_seconds: list[float], gflop: float) -> st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--embed-dim", type=int, default=1024, help="GRU and joint space size (paper: 1024)")
-    parser.add_argument("--word-dim", type=int, default=300, help="word embedding size (paper: 300)")
-    parser.add_argument("--feature-dim", type=int, default=2048, help="image feature size (ResNet152: 2048)")
-    parser.add_argument("--words", type=int, default=12, help="mean words per caption (COCO: ~11)")
-    parser.add_argument("--vocab-size", type=int, default=10000, help="vocabulary size incl. 4 special tokens")
+    add_model_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side before the rounds")
     parser.add_argument("--rounds", type=int, default=10, help="rounds; each times both sides, order alternating")
@@ -268,9 +255,9 @@ def main() -> None:
             round_ratios.append(medians[sides[0].name] / medians[sides[1].name])
     load_after = os.getloadavg()[0]
 
-    gflop = statistics.mean(sum(step_gflop(batch, word_dim=args.word_dim, embed_dim=args.embed_dim,
+    gflop = statistics.mean(sum(step_gflop(batch.lengths, word_dim=args.word_dim, embed_dim=args.embed_dim,
                                            feature_dim=args.feature_dim).values()) for batch in batches)
-    parts = step_gflop(batches[0], word_dim=args.word_dim, embed_dim=args.embed_dim, feature_dim=args.feature_dim)
+    parts = step_gflop(batches[0].lengths, word_dim=args.word_dim, embed_dim=args.embed_dim, feature_dim=args.feature_dim)
     print(f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs, device "
           f"{device.type}, {torch.get_num_threads()} torch threads; 1-min load average {load_before:.2f} before, "
           f"{load_after:.2f} after")

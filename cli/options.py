@@ -58,11 +58,48 @@ def coerce(config_cls: type[StageConfig], values: dict[str, Any]) -> dict[str, A
     return out
 
 
+POSITIONAL = "positional_value"
+
+
+def take_positional(stage: Stage, given: dict[str, Any]) -> dict[str, Any]:
+    """Move the positional argument's value into its field; refuse it twice, or a stage name taken for it (in a
+    chain, `report eval ...` means report with no argument, then eval: Click would read `eval` as the argument)."""
+    value = given.pop(POSITIONAL, None)
+    if value is None:
+        return given
+    option, metavar = option_name(stage.positional), stage.positional.upper()
+    if value in click.get_current_context().parent.command.commands:
+        raise click.UsageError(f"{value!r} is a stage, not a {metavar}: give {option} before chaining another stage")
+    if given.get(stage.positional) is not None:
+        raise click.UsageError(f"{metavar} given twice (as an argument and as {option}): give it once")
+    return {**given, stage.positional: value}
+
+
+class PositionalCommand(click.Command):
+    """A command with a positional argument whose options may also follow it (`report RUN_DIR --split val`).
+
+    A chained group parses each command with interspersed options off, so an option after the argument would go
+    to the next stage; that holds here only when another stage name follows in the arguments.
+    """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        stages = parent.command.commands if parent is not None else {}
+        if not any(arg in stages for arg in args):
+            extra["allow_interspersed_args"] = True
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
 def make_command(name: str, stage: Stage) -> click.Command:
     def callback(**given: Any) -> tuple[str, dict[str, Any]]:
+        given = take_positional(stage, given) if stage.positional else given
         return name, {key: value for key, value in given.items() if value is not None}
 
-    command = click.Command(name, callback=callback, help=stage.help)
+    command_class = PositionalCommand if stage.positional else click.Command
+    command = command_class(name, callback=callback, help=stage.help)
+    if stage.positional:
+        metavar = f"[{stage.positional.upper()}]"
+        command = click.argument(POSITIONAL, required=False, metavar=metavar)(command)
     kinds = stage.config.field_types()
     for spec in dataclasses.fields(stage.config):  # options decorating a Command are appended in order
         if spec.name not in stage.hidden:

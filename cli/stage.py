@@ -54,3 +54,4 @@ class Stage:
     distributed: bool = False  # under torchrun every rank runs it; otherwise rank 0 alone, the others wait
     writes: Callable[[Any], list[Output]] = no_outputs  # config -> what it writes (checked before the chain)
     resume_hint: Callable[[Any], str] = rerun_hint  # config -> how to go on after a full disk
+    positional: str = ""  # a field also taken as the command's one optional argument (`report RUN_DIR`)

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from common.files import atomic_write
+from common.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _train(trunk: nn.Module, heads: nn.ModuleDict, train: LabelledImages, *, epo
     steps_per_epoch = -(-len(train.pixels) // batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, pct_start=0.2,
                                                     total_steps=epochs * steps_per_epoch)
-    progress = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="batch")
+    progress = Progress(desc, epochs * steps_per_epoch, unit="batch", logger=logger)
     for epoch in range(epochs):
         trunk.train()
         heads.train()
@@ -169,8 +169,7 @@ def _train(trunk: nn.Module, heads: nn.ModuleDict, train: LabelledImages, *, epo
             optimizer.step()
             scheduler.step()
             loss_sum += loss.item() * len(rows)
-            progress.update(1)
-            progress.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            progress.update(1, epoch=epoch + 1, loss=f"{loss.item():.3f}")
         logger.info("epoch %d/%d: mean loss %.4f (summed over %d heads)", epoch + 1, epochs,
                     loss_sum / len(order), len(heads))
     progress.close()

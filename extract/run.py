@@ -15,10 +15,10 @@ import torch
 import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from common import distributed
 from common.device import autocast_context, default_workers, resolve_device
+from common.progress import Progress
 from extract.backbones import FeatureBackbone, build_backbone
 from extract.config import ExtractConfig, config_json_path, parse_shard
 from extract.device_decode import CollateBytes, JpegBytesDataset, decode_batch
@@ -152,7 +152,7 @@ def _check_failures(cfg: ExtractConfig, writer: FeatureStoreWriter, scope: np.nd
 
 
 def _extract_rows(cfg: ExtractConfig, model: nn.Module, writer: BackgroundWriter, loader: DataLoader, *,
-                  device: torch.device, progress: tqdm) -> int:
+                  device: torch.device, progress: Progress) -> int:
     """Run the CNN over the loader's batches and queue their writes; return the number of rows handled."""
     handled = 0
     for batch in itertools.islice(iter_batches(loader), cfg.max_batches):  # max_batches None = all batches
@@ -179,7 +179,7 @@ def _extract_or_stop_cleanly(cfg: ExtractConfig, model: nn.Module, writer: Featu
                              loader: DataLoader, *, device: torch.device) -> int:
     """_extract_rows with a progress bar and the store written in a background thread; Ctrl-C, a full disk or
     hung workers write what is computed, flush and stop with the store resumable (rows not written stay pending)."""
-    with tqdm(total=len(loader.dataset), unit="img", desc=f"extract {cfg.backbone}", mininterval=1.0) as progress, \
+    with Progress(f"extract {cfg.backbone}", len(loader.dataset), unit="img", logger=logger) as progress, \
             BackgroundWriter(writer) as background:
         try:
             return _extract_rows(cfg, model, background, loader, device=device, progress=progress)

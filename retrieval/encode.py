@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from common.choices import DEVICES, SPLITS
 from common.config import StageConfig
+from common.progress import Progress
 from extract.loader import ImageDataset, make_loader
 from features.datasets import validate_image_root
 from features.reader import FeatureStore
@@ -28,7 +27,6 @@ from train.text import caption_tokens
 
 logger = logging.getLogger(__name__)
 
-LOG_SECONDS = 10.0  # a progress line in the log at most this often (and at the end of each group)
 
 
 def image_root_field() -> Any:
@@ -150,28 +148,6 @@ def caption_batches(vse: VSE, token_lists: list[list[str]], rows: np.ndarray, ba
         yield Encoded("captions", batch, embeddings.numpy())
 
 
-class Progress:
-    """A tqdm bar and, every LOG_SECONDS, a plain log line (rows done of total, rate, time left)."""
-
-    def __init__(self, group: str, total: int) -> None:
-        self.group, self.total, self.done = group, total, 0
-        self.start = self.last = time.perf_counter()
-        self.bar = tqdm(total=total, unit=group[:-1], desc=f"encode {group}", mininterval=1.0)
-
-    def update(self, count: int) -> None:
-        self.done += count
-        self.bar.update(count)
-        now = time.perf_counter()
-        if now - self.last >= LOG_SECONDS or self.done == self.total:
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            logger.info("encode %s: %d of %d (%.0f%%), %.1f/s, %.0f s left", self.group, self.done, self.total,
-                        100.0 * self.done / max(self.total, 1), rate, (self.total - self.done) / max(rate, 1e-9))
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def plan(cfg: EncodeConfig, vse: VSE) -> tuple[dict[str, GroupTable], dict, FeatureStore | None]:
     """The rows to embed and the input's attributes, everything checked before the file is touched."""
     if cfg.split:
@@ -243,11 +219,11 @@ def fill(cfg: EncodeConfig, vse: VSE, writer: EmbeddingsWriter, tables: dict[str
     try:
         for encoded in itertools.islice(batches_of(cfg, vse, writer, tables, store, image_root),
                                          cfg.max_batches):
-            if progress is None or progress.group != encoded.group:
+            if progress is None or progress.what != f"encode {encoded.group}":
                 if progress is not None:
                     progress.close()
-                progress = Progress(encoded.group, len(writer.pending_rows(encoded.group,
-                                                                           retry_failed=cfg.retry_failed)))
+                progress = Progress(f"encode {encoded.group}", len(writer.pending_rows(
+                    encoded.group, retry_failed=cfg.retry_failed)), unit=encoded.group[:-1], logger=logger)
             if len(encoded.failed):
                 for row, error in zip(encoded.failed.tolist(), encoded.errors):
                     logger.warning("%s row %d (%s) failed: %s", encoded.group, row, tables[encoded.group].labels[row],

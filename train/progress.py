@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common.files import atomic_write_text
+from common.progress import duration
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +87,10 @@ class ProgressReport:
             rate = (self.done - self.start_done) / max(elapsed, 1e-9)
             eta = (self.total - self.done) / max(rate, 1e-9)
             logger.info("epoch %d  step %d/%d  loss %.4g  %.2f steps/s  eta %s", self.epoch, self.done, self.total,
-                        self.running_loss, rate, _duration(eta))
+                        self.running_loss, rate, duration(eta))
 
     def close(self) -> None:
         self.bar.close()
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 @contextlib.contextmanager

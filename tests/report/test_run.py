@@ -70,3 +70,21 @@ def test_the_cli_writes_the_report_of_the_checkpoint_s_folder(seen_run: SeenRun,
     assert result.exit_code == 0, result.output
     assert f"report: {out / 'index.html'}" in result.output
     assert (out / "recall_at_k.png").is_file() and len(list((out / "thumbs").glob("*.jpg"))) >= 2
+
+
+def test_the_run_folder_may_be_given_as_the_argument_with_options_after_it(seen_run: SeenRun, tmp_path: Path):
+    out = tmp_path / "r"
+    result = CliRunner().invoke(pipeline.cli, ["--log-level", "WARNING", "report", str(seen_run.run_dir),
+                                               "--out-dir", str(out), "--examples", "2", "--max-k", "10",
+                                               "--device", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (out / "index.html").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["report", "RUN", "--run-dir", "RUN"], "RUN_DIR given twice (as an argument and as --run-dir)"),
+    (["report", "eval"], "'eval' is a stage, not a RUN_DIR: give --run-dir before chaining another stage"),
+])
+def test_the_run_folder_argument_is_refused_twice_or_as_a_stage_name(args: list[str], message: str):
+    result = CliRunner().invoke(pipeline.cli, args)
+    assert result.exit_code == 2 and message in result.output
