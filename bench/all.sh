@@ -13,6 +13,7 @@ run() {
 }
 { uname -a; lscpu | grep -E "Model name|^CPU\(s\)"; python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } | tee -a "$out"
 run python -m bench.extract_throughput --backbones resnet18 --images 128 --device auto
+run python -m bench.extract_throughput --backbones resnet152 --images 16 --batch-size 4 --device auto
 run python bench/eval_speed.py --device auto
 run python bench/search_speed.py
 run python bench/train_step.py --device auto
