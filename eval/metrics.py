@@ -195,12 +195,6 @@ def metrics_from_ranks(i2t: np.ndarray, t2i: np.ndarray, *, ks: Sequence[int]) -
     return metrics
 
 
-def chance_recall(*, num_images: int, captions_per_image: int, k: int) -> tuple[float, float]:
-    """(i2t, t2i) R@k in percent of a random ranking: P(one of an image's captions in the top k) and k / N."""
-    i2t, t2i = chance_curve(np.full(num_images, captions_per_image), ks=[k])
-    return float(i2t[0]), float(t2i[0])
-
-
 def chance_curve(captions_per_image: np.ndarray, *, ks: list[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(i2t, t2i) R@K in percent of a random ranking for each K, any number of captions per image.
 

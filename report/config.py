@@ -49,7 +49,7 @@ class ReportConfig(StageConfig):
         """A run folder (or checkpoint) and positive sizes (ValueError)."""
         super().validate()
         if not self.run_dir and not self.checkpoint:
-            raise ValueError("give the run folder: --run-dir RUN (or --checkpoint RUN/best.pt)")
+            raise ValueError("give the run folder: report RUN (or --run-dir RUN, or --checkpoint RUN/best.pt)")
         for name in ("examples", "top_k", "max_k", "thumb_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{option_name(name)} must be >= 1, got {getattr(self, name)}")

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from common.files import atomic_write_text
-from eval.metrics import metrics_from_ranks
+from eval.metrics import chance_curve, metrics_from_ranks
 from features.reader import FeatureStore
 from report.collect import Curves, find_ablation, read_ablation, read_config, read_curves
 from report.config import ReportConfig
-from eval.metrics import chance_curve
 from report.examples import SplitRetrievals, recall_curve
 from report.page import ReportPage
 from report.thumbs import Thumbnails

@@ -28,7 +28,6 @@ from train.text import caption_tokens
 logger = logging.getLogger(__name__)
 
 
-
 def image_root_field() -> Any:
     """The --image-root option of the stages that embed a store split (encode, search)."""
     return field(default="", metadata={
@@ -216,14 +215,16 @@ def fill(cfg: EncodeConfig, vse: VSE, writer: EmbeddingsWriter, tables: dict[str
          store: FeatureStore | None, image_root: str) -> dict:
     """Write the pending rows batch by batch (up to cfg.max_batches); fingerprint complete groups."""
     progress: Progress | None = None
+    group = ""
     try:
         for encoded in itertools.islice(batches_of(cfg, vse, writer, tables, store, image_root),
                                          cfg.max_batches):
-            if progress is None or progress.what != f"encode {encoded.group}":
+            if encoded.group != group:
                 if progress is not None:
                     progress.close()
-                progress = Progress(f"encode {encoded.group}", len(writer.pending_rows(
-                    encoded.group, retry_failed=cfg.retry_failed)), unit=encoded.group[:-1], logger=logger)
+                group = encoded.group
+                progress = Progress(f"encode {group}", len(writer.pending_rows(group, retry_failed=cfg.retry_failed)),
+                                    unit=group[:-1], logger=logger)
             if len(encoded.failed):
                 for row, error in zip(encoded.failed.tolist(), encoded.errors):
                     logger.warning("%s row %d (%s) failed: %s", encoded.group, row, tables[encoded.group].labels[row],

@@ -1,7 +1,9 @@
-"""recall_metrics / ranks_i2t / ranks_t2i against a literal brute-force double loop, plus hand-built cases."""
+"""recall_metrics / ranks_i2t / ranks_t2i against a literal brute-force double loop, plus hand-built cases; the
+chance levels against counting."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import statistics
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.metrics import ranks_i2t, ranks_t2i, recall_metrics, summarise_ranks
+from eval.metrics import chance_curve, chance_metrics, ranks_i2t, ranks_t2i, recall_metrics, summarise_ranks
 
 
 def brute_force_ranks(sims: np.ndarray, index: np.ndarray) -> tuple[list[int], list[int]]:
@@ -179,3 +181,29 @@ def test_negative_infinity_scores_are_ranked_not_rejected():
 def test_invalid_inputs_raise_naming_the_problem(sims, index, kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         recall_metrics(sims, np.asarray(index), **kwargs)
+
+
+def test_chance_curve_of_five_captions_per_image_matches_counting():
+    (i2t, i2t_10), (t2i, _) = chance_curve(np.full(50, 5), ks=[1, 10])
+    assert math.isclose(i2t, 100 * 5 / 250) and math.isclose(t2i, 2.0)
+    assert math.isclose(chance_curve(np.full(3, 2), ks=[5])[0][0], 100.0)  # a positive always fits
+    assert math.isclose(i2t_10, 100 * (1 - math.comb(245, 10) / math.comb(250, 10)), rel_tol=1e-12)
+
+
+def test_chance_curve_of_uneven_captions_equals_enumerating_every_ranking():
+    counts = np.array([1, 3, 2])  # 6 captions; one image query ranks all 6
+    captions_of = np.repeat(np.arange(3), counts)
+    for k in range(1, 7):
+        hits = [np.mean([any(captions_of[c] == image for c in order[:k]) for order in itertools.permutations(range(6))])
+                for image in range(3)]
+        i2t, t2i = chance_curve(counts, ks=[k])
+        assert i2t[0] == pytest.approx(100 * np.mean(hits))
+        assert t2i[0] == pytest.approx(100 * min(1, k / 3))
+
+
+def test_chance_metrics_are_the_curve_at_the_recall_ks_and_their_rsum():
+    chance = chance_metrics(np.full(50, 5))
+    (i2t_1, i2t_5, i2t_10), (t2i_1, t2i_5, t2i_10) = chance_curve(np.full(50, 5), ks=[1, 5, 10])
+    assert chance == pytest.approx({"i2t_r1": i2t_1, "i2t_r5": i2t_5, "i2t_r10": i2t_10, "t2i_r1": t2i_1,
+                                    "t2i_r5": t2i_5, "t2i_r10": t2i_10,
+                                    "rsum": i2t_1 + i2t_5 + i2t_10 + t2i_1 + t2i_5 + t2i_10})

@@ -1,37 +1,15 @@
-"""report.examples: the chance curve against counting, Recall@K from ranks, sampled and worst queries against a full
+"""report.examples: Recall@K from ranks, sampled and worst queries against a full
 similarity matrix."""
 
 from __future__ import annotations
 
-import itertools
-import math
 
 import numpy as np
 import pytest
 import torch
 
 from eval.blocks import dot_sim
-from eval.metrics import chance_curve, chance_recall
 from report.examples import SplitRetrievals, recall_curve
-
-
-def test_chance_recall_matches_counting():
-    i2t, t2i = chance_recall(num_images=50, captions_per_image=5, k=1)
-    assert math.isclose(i2t, 100 * 5 / 250) and math.isclose(t2i, 2.0)
-    assert math.isclose(chance_recall(num_images=3, captions_per_image=2, k=5)[0], 100.0)  # a positive always fits
-    i2t, _ = chance_recall(num_images=50, captions_per_image=5, k=10)
-    assert math.isclose(i2t, 100 * (1 - math.comb(245, 10) / math.comb(250, 10)), rel_tol=1e-12)
-
-
-def test_chance_curve_of_uneven_captions_equals_enumerating_every_ranking():
-    counts = np.array([1, 3, 2])  # 6 captions; one image query ranks all 6
-    captions_of = np.repeat(np.arange(3), counts)
-    for k in range(1, 7):
-        hits = [np.mean([any(captions_of[c] == image for c in order[:k]) for order in itertools.permutations(range(6))])
-                for image in range(3)]
-        i2t, t2i = chance_curve(counts, ks=[k])
-        assert i2t[0] == pytest.approx(100 * np.mean(hits))
-        assert t2i[0] == pytest.approx(100 * min(1, k / 3))
 
 
 def test_recall_curve_counts_ranks_within_k():
