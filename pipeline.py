@@ -172,20 +172,30 @@ def _run_chain(ctx: click.Context, steps: list[tuple[str, dict]], config_file: s
     except (ValueError, OSError, TypeError, json.JSONDecodeError, StageOSError) as err:
         _fail(ctx, f"error: {err}", 2)
     context = distributed.init_from_environment(timeout_minutes=dist_timeout)
-    for name, (stage, cfg) in zip([step for step, _ in steps], stages):
-        try:
-            if stage.distributed or context.is_main:
-                stage.run(cfg)
-            if not stage.distributed:
-                context.barrier()  # the next stage may read what rank 0 just wrote
-        except ValueError as err:
-            _fail(ctx, f"error: {err}", 2)
-        except OSError as err:  # FileNotFoundError of a stage's own checks, and the file system's errors
-            _fail(ctx, f"error: {describe_os_error(name, stage, cfg, err)}", 2)
-        except KeyboardInterrupt as interrupt:  # train/finetune say how to resume; extract resumes as it is
-            _fail(ctx, f"interrupted: {interrupt or 'rerun the same command to resume'}", 130)
-        except ExtractFailures as err:  # --strict and some images could not be read
-            _fail(ctx, f"error: {err}", 1)
+    finished = False
+    try:
+        for name, (stage, cfg) in zip([step for step, _ in steps], stages):
+            _run_stage(ctx, name, stage, cfg, context)
+        finished = True
+    finally:
+        distributed.shutdown(wait_for_others=finished)
+
+
+def _run_stage(ctx: click.Context, name: str, stage: Stage, cfg: StageConfig,
+               context: distributed.Distributed) -> None:
+    try:
+        if stage.distributed or context.is_main:
+            stage.run(cfg)
+        if not stage.distributed:
+            context.barrier()  # the next stage may read what rank 0 just wrote
+    except ValueError as err:
+        _fail(ctx, f"error: {err}", 2)
+    except OSError as err:  # FileNotFoundError of a stage's own checks, and the file system's errors
+        _fail(ctx, f"error: {describe_os_error(name, stage, cfg, err)}", 2)
+    except KeyboardInterrupt as interrupt:  # train/finetune say how to resume; extract resumes as it is
+        _fail(ctx, f"interrupted: {interrupt or 'rerun the same command to resume'}", 130)
+    except ExtractFailures as err:  # --strict and some images could not be read
+        _fail(ctx, f"error: {err}", 1)
 
 
 for _name, _stage in STAGES.items():

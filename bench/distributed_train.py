@@ -89,7 +89,7 @@ def worker(rank: int, world_size: int, port: int, args: argparse.Namespace, batc
             spans.append(time.perf_counter() - start)
         result.update(allreduce_seconds=sorted(spans)[1], gradient_mib=gradients.numel() * 4 / 2**20)
     Path(f"{out}.{rank}").write_text(json.dumps(result))
-    distributed.shutdown()
+    distributed.shutdown(wait_for_others=True)
 
 
 def run_side(world_size: int, args: argparse.Namespace, batch_size: int) -> list[dict]:

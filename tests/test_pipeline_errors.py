@@ -177,3 +177,14 @@ def test_a_wrong_image_root_and_a_store_as_checkpoint(images, tmp_path: Path):
         assert the_error(run_cli(stage)) == (f"error: {out} is an HDF5 feature store, not a checkpoint; pass it as "
                                              "--store, and a train or finetune checkpoint (RUN/best.pt, RUN/last.pt) "
                                              "as --checkpoint / --resume")
+
+
+def test_every_run_leaves_the_process_group_waiting_for_the_others_only_when_it_finished(
+        images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    left = []
+    monkeypatch.setattr(pipeline.distributed, "shutdown", lambda **options: left.append(options))
+    dataset, root = images
+    command = ["extract", "--dataset", str(dataset), "--out", str(tmp_path / "feats.h5"), *EXTRACT]
+    the_error(run_cli(command + ["--image-root", str(root / "imgs")]))
+    assert run_cli(command + ["--image-root", str(root)]).exit_code == 0
+    assert left == [{"wait_for_others": False}, {"wait_for_others": True}]

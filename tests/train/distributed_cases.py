@@ -115,4 +115,4 @@ def loss_worker(rank: int, world_size: int, port: int, out_path: str, device_typ
         results[case] = {**found, "grads": {name: grad.cpu() for name, grad in found["grads"].items()}}
     if context.is_main:
         torch.save(results, out_path)
-    distributed.shutdown()
+    distributed.shutdown(wait_for_others=True)
