@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from extract.distributed import shard_store_path
 from tests.extract.conftest import write_karpathy_json, write_rgb_jpeg
-from tests.train.distributed_cases import free_port
+from tests.train.distributed_cases import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = 21  # 11 and 10 per rank
@@ -33,9 +32,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _command(dataset: tuple[Path, Path], out: Path, *, ranks: int, crops: int) -> list[str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
-                "--master-addr", "127.0.0.1", "--master-port", str(free_port())] if ranks > 1 else [sys.executable]
-    return [*launcher, str(ROOT / "pipeline.py"), "--log-level", "WARNING", "--dist-timeout", "2", "extract",
+    return [*launcher(ranks), str(ROOT / "pipeline.py"), "--log-level", "WARNING", "--dist-timeout", "2", "extract",
             "--dataset", str(dataset[0]), "--image-root", str(dataset[1]), "--out", str(out), "--backbone",
             "resnet18", "--weights", "none", "--crops", str(crops), "--batch-size", "3", "--workers", "0",
             "--device", "cpu"]

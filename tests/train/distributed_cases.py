@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 
@@ -67,6 +68,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def launcher(ranks: int) -> list[str]:
+    """The command prefix that runs a script with `ranks` processes: torchrun for more than one, on loopback.
+
+    `--standalone` lets torchrun's own rendezvous bind a free port, so no other process can take the port
+    between choosing and binding it, as it could with --master-port and a port chosen by the test.
+    """
+    if ranks == 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
 
 
 def join_rank_environment(rank: int, world_size: int, port: int) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.train.distributed_cases import (
-    GLOBAL_BATCH, LOSS_CASES, free_port, global_batch, loss_gradients, loss_worker, model_and_loss, spawn,
+    GLOBAL_BATCH, LOSS_CASES, free_port, global_batch, launcher, loss_gradients, loss_worker, model_and_loss, spawn,
 )
 from train.data import RankShare
 from train.step import TrainingStep
@@ -74,10 +73,8 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused():
 
 
 def _train(args: list[str], *, ranks: int, cwd: Path) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
-                "--master-addr", "127.0.0.1", "--master-port", str(free_port())] if ranks > 1 else [sys.executable]
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HOME": str(cwd)}
-    return subprocess.run([*launcher, str(ROOT / "pipeline.py"), "--log-level", "WARNING", "--dist-timeout", "2",
+    return subprocess.run([*launcher(ranks), str(ROOT / "pipeline.py"), "--log-level", "WARNING", "--dist-timeout", "2",
                            "train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
