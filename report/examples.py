@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from eval.blocks import swap_sim
-from eval.rank import retrieval_ranks
+from eval.rank import retrieval_ranks, sort_by_image
 from eval.topk import topk
 
 
@@ -48,7 +48,9 @@ class SplitRetrievals:
         self.caption_image_index = np.asarray(caption_image_index, dtype=np.int64)
         i2t, t2i = retrieval_ranks(image_emb, caption_emb, self.caption_image_index, sim_fn=sim_fn)
         self.i2t_ranks, self.t2i_ranks = i2t.cpu().numpy(), t2i.cpu().numpy()
-        self.captions_of = [np.flatnonzero(self.caption_image_index == image) for image in range(len(image_emb))]
+        order, counts = sort_by_image(self.caption_image_index, len(image_emb))
+        by_image = np.arange(len(self.caption_image_index)) if order is None else order
+        self.captions_of = np.split(by_image, np.cumsum(counts)[:-1])  # each image's captions, ascending
 
     @property
     def num_images(self) -> int:
