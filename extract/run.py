@@ -253,13 +253,13 @@ def _run_one_process(cfg: ExtractConfig) -> dict:
         counts = writer.summary()
         pending = len(np.intersect1d(writer.pending_indices(), scope))
         seconds = time.perf_counter() - start
+        images_per_s = handled / seconds if seconds > 0 else 0.0
         logger.info("done %d, failed %d, pending %d of %d images; %.1f images/s; %s: %.1f MB", counts["done"],
-                    counts["failed"], pending, counts["total"], handled / seconds if seconds > 0 else 0.0,
-                    cfg.out, Path(cfg.out).stat().st_size / 1e6)
+                    counts["failed"], pending, counts["total"], images_per_s, cfg.out,
+                    Path(cfg.out).stat().st_size / 1e6)
         _check_failures(cfg, writer, scope, tried=rows)
     summary = {"store": str(cfg.out), "done": counts["done"], "failed": counts["failed"], "pending": pending,
-               "total": counts["total"], "processed": handled, "seconds": seconds,
-               "images_per_s": handled / seconds if seconds > 0 else 0.0,
+               "total": counts["total"], "processed": handled, "seconds": seconds, "images_per_s": images_per_s,
                "file_bytes": Path(cfg.out).stat().st_size}
     if cfg.strict and summary["failed"]:
         raise ExtractFailures(summary)
