@@ -85,12 +85,8 @@ class AblationConfig(StageConfig):
                 raise ValueError(f"{flag} is empty; give at least one of {', '.join(valid)}")
             if len(set(values)) != len(values):
                 raise ValueError(f"{flag} {','.join(values)} repeats a value; list each once")
-        for name in ("epochs", "batch_size", "embed_dim", "word_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{option_name(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_epochs", "lr_decay_epochs", "max_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{option_name(name)} must be >= 0, got {getattr(self, name)}")
+        self.check_at_least(1, "epochs", "batch_size", "embed_dim", "word_dim")
+        self.check_at_least(0, "warmup_epochs", "lr_decay_epochs", "max_steps")
         if "mh-warmup" in self.losses and not 0 < self.warmup_epochs < self.epochs:
             raise ValueError(f"mh-warmup needs 0 < --warmup-epochs ({self.warmup_epochs}) < --epochs "
                              f"({self.epochs}); otherwise it is plain mh or plain sh")

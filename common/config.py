@@ -70,6 +70,13 @@ class StageConfig:
                 raise ValueError(f"{option_name(field.name)} {', '.join(map(str, bad))} is not one of "
                                  f"{', '.join(map(str, choices))}")
 
+    def check_at_least(self, minimum: float, *names: str) -> None:
+        """ValueError naming the first of the fields `names` below `minimum` (an optional field left None passes)."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ValueError(f"{option_name(name)} must be >= {minimum}, got {value}")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
         return {key: list(value) if isinstance(value, tuple) else value

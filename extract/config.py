@@ -96,14 +96,8 @@ class ExtractConfig(StageConfig):
     def validate(self) -> None:
         """Raise ValueError naming the first option outside its allowed values."""
         super().validate()
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {self.workers}")
-        if self.image_timeout < 0:
-            raise ValueError(f"--image-timeout must be >= 0 seconds (0 = no limit), got {self.image_timeout}")
-        if self.max_batches is not None and self.max_batches < 0:
-            raise ValueError(f"--max-batches must be >= 0, got {self.max_batches}")
+        self.check_at_least(1, "batch_size")
+        self.check_at_least(0, "workers", "image_timeout", "max_batches")
         parse_shard(self.shard)
 
 

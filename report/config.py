@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.choices import SPLITS
-from common.config import StageConfig, option_name
+from common.config import StageConfig
 from retrieval.encode import device_field
 from train.run_dir import BEST
 
@@ -50,11 +50,8 @@ class ReportConfig(StageConfig):
         super().validate()
         if not self.run_dir and not self.checkpoint:
             raise ValueError("give the run folder: report RUN (or --run-dir RUN, or --checkpoint RUN/best.pt)")
-        for name in ("examples", "top_k", "max_k", "thumb_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{option_name(name)} must be >= 1, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        self.check_at_least(1, "examples", "top_k", "max_k", "thumb_size", "batch_size")
+        self.check_at_least(0, "workers")
 
     @property
     def run_path(self) -> Path:

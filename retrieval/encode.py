@@ -82,9 +82,8 @@ class EncodeConfig(StageConfig):
                              f"{', '.join(given) or 'none'})")
         if self.split and self.split not in SPLITS:
             raise ValueError(f"--split {self.split} is not one of {', '.join(SPLITS)}")
-        if self.batch_size < 1 or self.workers < 0 or (self.max_batches is not None and self.max_batches < 0):
-            raise ValueError(f"--batch-size must be >= 1, --workers and --max-batches >= 0, got {self.batch_size}, "
-                             f"{self.workers}, {self.max_batches}")
+        self.check_at_least(1, "batch_size")
+        self.check_at_least(0, "workers", "max_batches")
 
 
 @dataclass

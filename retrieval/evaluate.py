@@ -48,8 +48,8 @@ class EvalConfig(StageConfig):
     def validate(self) -> None:
         """Choices, plus positive batch size and non-negative workers (ValueError)."""
         super().validate()
-        if self.batch_size < 1 or self.workers < 0:
-            raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {self.batch_size}, {self.workers}")
+        self.check_at_least(1, "batch_size")
+        self.check_at_least(0, "workers")
 
     def results_path(self) -> Path:
         """Where the results JSON goes."""

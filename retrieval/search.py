@@ -82,10 +82,8 @@ class SearchConfig(StageConfig):
                              "NAME --out E.h5` and pass --embeddings E.h5")
         if not self.embeddings and not self.checkpoint:
             raise ValueError("--checkpoint is required without --embeddings")
-        numbers = (self.k, self.batch_size, self.hnsw_m, self.hnsw_ef_construction, self.hnsw_ef_search)
-        if min(numbers) < 1 or self.workers < 0:
-            raise ValueError(f"--k, --batch-size and the --hnsw-* options must be >= 1 and --workers >= 0, got "
-                             f"{numbers} and {self.workers}")
+        self.check_at_least(1, "k", "batch_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search")
+        self.check_at_least(0, "workers")
 
     def index_spec(self) -> IndexSpec:
         """The faiss index options."""

@@ -56,9 +56,10 @@ class ServeConfig(StageConfig):
             raise ValueError(f"--port {self.port} is not a TCP port (0-65535)")
         if not 1 <= self.k <= MAX_K:
             raise ValueError(f"--k must be in 1..{MAX_K}, got {self.k}")
-        if not self.max_upload_mb > 0 or self.max_pixels < 1 or self.batch_size < 1 or self.workers < 0:
-            raise ValueError(f"--max-upload-mb, --max-pixels and --batch-size must be positive and --workers >= 0, got "
-                             f"{self.max_upload_mb}, {self.max_pixels}, {self.batch_size}, {self.workers}")
+        if not self.max_upload_mb > 0:
+            raise ValueError(f"--max-upload-mb must be > 0, got {self.max_upload_mb}")
+        self.check_at_least(1, "max_pixels", "batch_size")
+        self.check_at_least(0, "workers")
 
     @property
     def max_upload_bytes(self) -> int:

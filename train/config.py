@@ -129,14 +129,10 @@ class TrainConfig(StageConfig):
             raise ValueError("--train-splits is empty; give at least one split, e.g. train")
         if self.val_split in self.all_train_splits():
             raise ValueError(f"--val-split {self.val_split!r} is also a training split; validate on held-out data")
-        for name in ("embed_dim", "word_dim", "vocab_min_count", "epochs", "batch_size", "lr_decay_epochs",
-                     "group_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{option_name(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "val_every_steps", "workers", "warmup_epochs", "grad_clip", "margin",
-                     "lseh_lambda", "log_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{option_name(name)} must be >= 0, got {getattr(self, name)}")
+        self.check_at_least(1, "embed_dim", "word_dim", "vocab_min_count", "epochs", "batch_size", "lr_decay_epochs",
+                            "group_k")
+        self.check_at_least(0, "max_steps", "val_every_steps", "workers", "warmup_epochs", "grad_clip", "margin",
+                            "lseh_lambda", "log_every")
         if not self.lr > 0 or not self.group_temperature > 0:
             raise ValueError(f"--lr ({self.lr}) and --group-temperature ({self.group_temperature}) must be > 0")
         if self.image_pool == "adaptive" and self.feature_mode != "10c-set":

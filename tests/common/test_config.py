@@ -32,6 +32,13 @@ def test_choices_required_and_numbers_are_checked():
         ToyConfig(path="p", size="three").validate()
 
 
+
+def test_check_at_least_names_the_first_field_below_the_minimum_and_lets_an_unset_optional_pass():
+    ToyConfig(path="p", size=1).check_at_least(1, "size", "limit")
+    with pytest.raises(ValueError, match=r"^--size must be >= 1, got 0$"):
+        ToyConfig(path="p", size=0, limit=-5).check_at_least(1, "size", "limit")
+    with pytest.raises(ValueError, match=r"^--limit must be >= 0, got -1$"):
+        ToyConfig(path="p", limit=-1).check_at_least(0, "size", "limit")
 def test_from_dict_accepts_dashes_turns_lists_into_tuples_and_suggests_fields():
     config = ToyConfig.from_dict({"path": "p", "--mode": "slow", "splits": ["train", "val"]})
     assert config == ToyConfig(path="p", mode="slow", splits=("train", "val"))
