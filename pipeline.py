@@ -27,12 +27,15 @@ from common.config import StageConfig
 from demo.run import DemoConfig, DemoDataConfig, run_demo, run_generate
 from extract.config import ExtractConfig
 from extract.run import ExtractFailures, run_extract
+from features.importers.config import ImportConfig
+from features.importers.run import run_import
 from features.merge import MergeConfig, run_merge
 from report.config import ReportConfig
 from report.run import run_report
 from retrieval.encode import EncodeConfig, run_encode
 from retrieval.evaluate import EvalConfig, run_eval
 from retrieval.export import ExportConfig, run_export
+from retrieval.reference_import import ImportCheckpointConfig, run_import_checkpoint
 from retrieval.search import SearchConfig, run_search
 from serve.config import ServeConfig
 from serve.run import run_serve
@@ -94,6 +97,12 @@ STAGES: dict[str, Stage] = {
         "eval, encode, search and the Python API load like the checkpoint.",
         consumes={"checkpoint": "checkpoint"}, produces=lambda cfg: {"checkpoint": cfg.out},
         input_paths=("checkpoint",), writes=writes_file("out")),
+    "import-checkpoint": Stage(
+        ImportCheckpointConfig, run_import_checkpoint,
+        "A released model of the reference VSE++ code (model_best.pth.tar + its vocabulary pickle, read without "
+        "running any code they hold) as a model file that eval, encode, search, serve and the Python API load.",
+        consumes={"store": "store"}, produces=lambda cfg: {"checkpoint": cfg.out},
+        input_paths=("checkpoint", "vocab", "store"), writes=writes_file("out")),
     "report": Stage(
         ReportConfig, run_report,
         "An HTML report of a run folder (RUN/report/index.html + PNGs, opens from disk): training curves, Recall@K "
@@ -121,6 +130,12 @@ STAGES: dict[str, Stage] = {
     "merge": Stage(
         MergeConfig, run_merge, "Join the stores written by `extract --shard i/n` into one store.",
         produces=lambda cfg: {"store": cfg.out}, input_paths=("shards",), writes=writes_file("out")),
+    "import-features": Stage(
+        ImportConfig, run_import,
+        "Released features into a feature store (no CNN, no images): a VSE++ precomp folder (coco/f8k/f30k/10crop), "
+        "a SCAN/BUTD region folder, or a Karpathy JSON / TSV with a .npy / .npz matrix; resumable.",
+        produces=lambda cfg: {"store": cfg.out}, input_paths=("source", "dataset", "image_root"),
+        writes=writes_file("out"), resume_hint=lambda cfg: "rerun the same command to resume (finished rows are kept)"),
 }
 
 
@@ -193,18 +208,37 @@ def _run_stage(ctx: click.Context, name: str, stage: Stage, cfg: StageConfig,
     except OSError as err:  # FileNotFoundError of a stage's own checks, and the file system's errors
         _fail(ctx, f"error: {describe_os_error(name, stage, cfg, err)}", 2)
     except KeyboardInterrupt as interrupt:  # train/finetune say how to resume; extract resumes as it is
-        _fail(ctx, f"interrupted: {interrupt or 'rerun the same command to resume'}", 130)
+        _fail(ctx, f"interrupted: {str(interrupt) or 'rerun the same command to resume'}", 130)
     except ExtractFailures as err:  # --strict and some images could not be read
         _fail(ctx, f"error: {err}", 1)
+    except RuntimeError as err:  # a failed collective (a timeout): name the ranks that did not arrive, if any
+        absent = distributed.describe_failure(err) if context.enabled else None
+        if absent is None:
+            raise
+        _fail(ctx, f"error: {absent}", 1)
 
 
 for _name, _stage in STAGES.items():
     cli.add_command(make_command(_name, _stage))
 
 
+def name_commands(name: str) -> None:
+    """Help texts that show commands say them as this CLI was started (`vsepp train ...` for the console
+    command), so that an example can be copied as it is."""
+    def renamed(text: str | None) -> str | None:
+        return text and text.replace("python pipeline.py", name).replace("`pipeline.py ", f"`{name} ")
+
+    for command in [cli, *cli.commands.values()]:
+        command.help = renamed(command.help)
+        for param in command.params:
+            if isinstance(param, click.Option):
+                param.help = renamed(param.help)
+
+
 def main() -> None:
     """Entry point of the `vsepp` console command (the same CLI as `python pipeline.py`)."""
-    cli()
+    name_commands("vsepp")
+    cli(prog_name="vsepp")
 
 
 if __name__ == "__main__":

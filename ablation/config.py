@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.choices import DEVICES, SPLITS, TEXT_POOLS
+from common.choices import SPLITS, TEXT_POOLS
 from common.config import StageConfig, option_name
+from common.fields import device_field
 from train.config import LEARNING_RATE, TrainConfig
 from train.losses.hinge import MARGIN
 from train.losses.lseh import LSEH_ALPHA
@@ -24,7 +25,10 @@ LOSS_SETTINGS: dict[str, Callable[["AblationConfig"], dict]] = {
 }
 ABLATION_LOSSES = tuple(LOSS_SETTINGS)
 # Image feature setting -> (TrainConfig.feature_mode, TrainConfig.image_pool).
-IMAGE_FEATURES = {"1c": ("1c", "mean"), "10c": ("10c", "mean"), "10c-adaptive": ("10c-set", "adaptive")}
+IMAGE_FEATURES = {"1c": ("1c", "mean"), "10c": ("10c", "mean"), "10c-adaptive": ("10c-set", "adaptive"),
+                  "10c-gpo": ("10c-set", "gpo"), "regions": ("regions", "mean"),
+                  "regions-adaptive": ("regions", "adaptive"), "regions-gpo": ("regions", "gpo")}
+CNN_IMAGE_FEATURES = ("1c", "10c", "10c-adaptive")  # the default grid: a --crops 10 store's paper settings
 # Demo-sized budget (the paper: 30 epochs, 1024-d GRU, 300-d words); documented on each field.
 ABLATION_EPOCHS = 10
 ABLATION_EMBED_DIM = 256
@@ -44,9 +48,11 @@ class AblationConfig(StageConfig):
     losses: tuple[str, ...] = field(default=ABLATION_LOSSES, metadata={
         "help": "losses: sh (VSE0), mh (VSE++), mh-warmup (SH for --warmup-epochs, then MH), group "
                 "(Zhang et al., adaptive k), lseh (Gong & Cosma), infonce", "choices": ABLATION_LOSSES})
-    image_features: tuple[str, ...] = field(default=tuple(IMAGE_FEATURES), metadata={
-        "help": "image features: 1c center crop; 10c mean of the ten crops; 10c-adaptive the ten crops "
-                "pooled by adaptive pooling (10c* need a --crops 10 store)", "choices": tuple(IMAGE_FEATURES)})
+    image_features: tuple[str, ...] = field(default=CNN_IMAGE_FEATURES, metadata={
+        "help": "image features: 1c center crop; 10c mean of the ten crops; 10c-adaptive / 10c-gpo the ten crops "
+                "pooled by adaptive pooling / GPO (10c* need a --crops 10 store); regions, regions-adaptive, "
+                "regions-gpo a region store's vectors pooled by mean, adaptive pooling, GPO",
+        "choices": tuple(IMAGE_FEATURES)})
     text_pools: tuple[str, ...] = field(default=("last",), metadata={
         "help": "caption pooling over GRU states: last (paper), mean, adaptive, gpo", "choices": TEXT_POOLS})
     warmup_epochs: int = field(default=WARMUP_EPOCHS, metadata={
@@ -71,8 +77,7 @@ class AblationConfig(StageConfig):
     use_restval: bool = field(default=False, metadata={"help": "add the restval split to training (paper: +rV)"})
     max_steps: int = field(default=0, metadata={"help": "stop each run after this many steps, 0 = no limit "
                                                         "(smoke tests)"})
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda",
-                                                  "choices": DEVICES})
+    device: str = device_field()
 
     def validate(self) -> None:
         """Check the grid axes and the budget without touching the disk (ValueError naming the option)."""

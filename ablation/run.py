@@ -14,11 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ablation.config import AblationConfig, Cell, plan_grid
+from ablation.config import IMAGE_FEATURES, AblationConfig, Cell, plan_grid
 from common.files import atomic_write_json, atomic_write_text
 from features.reader import FeatureStore
 from retrieval.evaluate import EvalConfig, run_eval
-from train.run import check_store, run_train
+from train.data import store_kind
+from train.preflight import check_store
+from train.run import run_train
 from train.run_dir import CONFIG_FILE, LAST
 
 logger = logging.getLogger(__name__)
@@ -47,10 +49,12 @@ def check_cells(cfg: AblationConfig, cells: list[Cell]) -> dict:
             raise ValueError(f"cells lseh_*: LSEH needs {err.name}; install it or drop lseh from --losses") from err
     with FeatureStore(cfg.store) as store:  # FileNotFoundError names the path
         for cell in cells:
-            if cell.image_features != "1c" and store.crops != 10:
-                raise ValueError(f"cell {cell.name}: image features {cell.image_features} need ten-crop features, "
-                                 f"but {cfg.store} was extracted with crops={store.crops}; use --image-features 1c "
-                                 "or re-extract with --crops 10")
+            fitting = [name for name, (mode, _) in IMAGE_FEATURES.items() if store_kind(mode) in store.feature_kinds]
+            if cell.image_features not in fitting:
+                raise ValueError(f"cell {cell.name}: image features {cell.image_features} need "
+                                 f"{store_kind(IMAGE_FEATURES[cell.image_features][0])} features, but {cfg.store} "
+                                 f"holds {', '.join(store.feature_kinds)} ({store.describe()}); use --image-features "
+                                 f"{','.join(fitting)}")
             try:
                 cell.train_config.validate()
                 check_store(cell.train_config, store)
@@ -120,7 +124,7 @@ def run_cell(cell: Cell, *, split: str) -> dict:
 def machine_header(cfg: AblationConfig, store_attrs: dict) -> dict:
     """What the table's numbers depend on besides the cells: store, budget, machine, versions."""
     return {"store": cfg.store, "backbone": store_attrs.get("backbone"), "crops": store_attrs.get("crops"),
-            "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "max_steps": cfg.max_steps,
+            "regions": store_attrs.get("regions", 0), "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "max_steps": cfg.max_steps,
             "embed_dim": cfg.embed_dim, "word_dim": cfg.word_dim, "lr": cfg.lr, "split": cfg.split,
             "protocol": PROTOCOL, "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,

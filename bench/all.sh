@@ -16,11 +16,15 @@ run python -m bench.extract_throughput --backbones resnet18 --images 128 --devic
 run python -m bench.extract_throughput --backbones resnet152 --images 16 --batch-size 4 --device auto
 run python bench/eval_speed.py --device auto
 run python bench/search_speed.py
+run python bench/serve_load.py
+run python bench/report_metrics.py
 run python bench/train_step.py --device auto
 run python bench/train_input.py --mode train --device auto
 run python bench/train_input.py --mode finetune --device auto
 run python bench/train_speed.py
 run python bench/train_memory.py
+run python bench/train_memory.py --regions 36
+run python bench/pool_step.py --embed-dim 256 --word-dim 128 --rounds 3
 run python bench/distributed_train.py --batch-sizes 128,1024
 run python bench/shard_merge.py
 echo "results in $out"

@@ -29,6 +29,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench.machine import print_machine  # noqa: E402
 from common import distributed  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.data import Batch, RankShare, pad_token_ids  # noqa: E402
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=10000)
     parser.add_argument("--words", type=int, default=12)
     args = parser.parse_args()
+    print_machine()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"load {os.getloadavg()[0]:.2f}; GRU {args.embed_dim}, word {args.word_dim}, features {args.feature_dim}")
     print(f"{'global batch':>12} {'ranks':>5} {'s/step':>8} {'steps/s':>8} {'peak MiB per rank':>20}")

@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench.machine import print_machine  # noqa: E402
 from eval.metrics import ranks_i2t, ranks_t2i  # noqa: E402
 from common.choices import DEVICES  # noqa: E402
 from common.device import resolve_device  # noqa: E402
@@ -209,6 +210,7 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
+    print_machine()
     print(f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"numpy {np.__version__}, {os.cpu_count()} CPUs, device {DEVICE}")
     parts = set(args.parts.split(","))

@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from bench.eval_speed import alternate, load, status_mib  # noqa: E402
+from bench.machine import print_machine  # noqa: E402
 from eval.blocks import swap_sim  # noqa: E402
 from retrieval.embeddings import EmbeddingsFile, EmbeddingsWriter, GroupTable  # noqa: E402
 from retrieval.index import IndexSpec, build_index, faiss_module, search_index  # noqa: E402
@@ -125,6 +126,7 @@ def main() -> None:
         child(args.child, args.folder)
         return
     faiss = faiss_module()
+    print_machine()
     print(f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), {os.cpu_count()} CPUs")
     print(f"{QUERIES} queries, top-{K} over {GALLERY} x {DIM} unit rows (near a {LATENT}-d subspace); load before "

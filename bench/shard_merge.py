@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench.machine import print_machine  # noqa: E402
 from features.datasets import DatasetIndex  # noqa: E402
 from features.merge import merge_stores  # noqa: E402
 from features.reader import FeatureStore  # noqa: E402
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", default="", help="folder for the stores (default: a temporary one, removed)")
     args = parser.parse_args()
+    print_machine()
     images = int(args.gigabytes * 1e9 / (10 * args.feature_dim * 4))
     folder = Path(args.dir or tempfile.mkdtemp(prefix="shard-merge-"))
     folder.mkdir(parents=True, exist_ok=True)

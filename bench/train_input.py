@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench.machine import print_machine  # noqa: E402
 from common.choices import DEVICES  # noqa: E402
 from common.device import resolve_device  # noqa: E402
 from features.datasets import DatasetIndex  # noqa: E402
@@ -166,6 +167,7 @@ def main() -> None:
         results = compare(trainer, source, steps=args.steps, rounds=args.rounds, workers=workers)
         store.close()
     ratios = [alone / looped for looped, alone in results]
+    print_machine()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
           f"threads, device {device}, torch {torch.__version__}; mode {args.mode}, workers {workers}, load "
           f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}")

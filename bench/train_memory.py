@@ -2,6 +2,7 @@
 
     python bench/train_memory.py                        # 2000 MB vs 200 MB of features/10c, then delete both
     python bench/train_memory.py --big-mb 1000 --small-mb 100 --keep --readers shipped
+    python bench/train_memory.py --regions 36 --image-pool gpo --region-drop 0.2   # region stores [N, 36, D]
 
 Two synthetic stores (random float32 10C features, 5 captions of 12 words per image, `--val-images` of
 them in the val split) are written with FeatureStoreWriter under --dir. Each measurement is one fresh
@@ -16,6 +17,9 @@ in the process, i.e. the memmap's page-cache pages) sampled every 10 ms by a thr
 a FeatureRows that os.preadv-s each batch's rows into a fresh array), only wrapped to count the rows read;
 "memmap" is the previous behaviour, for reference: feature_rows patched (in the child only) to hand out the
 np.memmap of FeatureStore.features, whose touched pages stay mapped and count in RSS.
+
+`--regions K` makes both stores region stores (features/regions [N, K, D], the size options then count those) and
+trains the children in feature mode regions, pooled by --image-pool, with --region-drop.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench.machine import print_machine  # noqa: E402
 from features.datasets import DatasetIndex  # noqa: E402
 from features.store import FeatureStoreWriter  # noqa: E402
 
@@ -51,9 +56,10 @@ MIB = 2 ** 20
 
 
 # -- stores ------------------------------------------------------------------------------------------
-def images_for_megabytes(megabytes: float, feature_dim: int) -> int:
-    """Number of images whose features/10c float32 array is `megabytes` (1e6 bytes) large."""
-    return max(2, round(megabytes * 1e6 / (CROPS * feature_dim * 4)))
+def images_for_megabytes(megabytes: float, feature_dim: int, vectors: int = CROPS) -> int:
+    """Number of images whose features/10c (or regions, `vectors` per image) float32 array is `megabytes`
+    (1e6 bytes) large."""
+    return max(2, round(megabytes * 1e6 / (vectors * feature_dim * 4)))
 
 
 def synthetic_dataset(num_images: int, *, val_images: int, captions_per_image: int, vocab_words: int,
@@ -71,25 +77,29 @@ def synthetic_dataset(num_images: int, *, val_images: int, captions_per_image: i
 
 
 def write_store(path: Path, num_images: int, *, feature_dim: int, args: argparse.Namespace) -> None:
-    """A complete float32 10C store of random features, written in chunks of 512 rows."""
+    """A complete float32 10C (or, with --regions K, region) store of random features, in chunks of 512 rows."""
     dataset = synthetic_dataset(num_images, val_images=args.val_images, captions_per_image=args.captions_per_image,
                                 vocab_words=args.vocab_words, seed=0)
     rng = np.random.default_rng(1)
-    with FeatureStoreWriter.create(path, dataset, attrs=STORE_ATTRS, feature_dim=feature_dim, crops=CROPS,
+    with FeatureStoreWriter.create(path, dataset, attrs=STORE_ATTRS, feature_dim=feature_dim,
+                                   crops=0 if args.regions else CROPS, regions=args.regions,
                                    dtype="float32") as writer:
         for begin in range(0, num_images, 512):
             rows = np.arange(begin, min(begin + 512, num_images))
-            feats_10c = rng.standard_normal((len(rows), CROPS, feature_dim), dtype=np.float32)
-            writer.write_rows(rows, feats_10c[:, 4], feats_10c)
+            feats = rng.standard_normal((len(rows), args.regions or CROPS, feature_dim), dtype=np.float32)
+            if args.regions:
+                writer.write_rows(rows, None, None, regions=feats)
+            else:
+                writer.write_rows(rows, feats[:, 4], feats)
 
 
-def store_is_complete(path: Path, num_images: int, feature_dim: int) -> bool:
+def store_is_complete(path: Path, num_images: int, feature_dim: int, regions: int) -> bool:
     from features.reader import FeatureStore
 
     try:
         with FeatureStore(path) as store:
-            return (store.num_images == num_images and store.feature_dim == feature_dim and store.crops == CROPS
-                    and store.summary()["done"] == num_images)
+            return (store.num_images == num_images and store.feature_dim == feature_dim and store.regions == regions
+                    and store.crops == (0 if regions else CROPS) and store.summary()["done"] == num_images)
     except (OSError, ValueError):
         return False
 
@@ -125,7 +135,7 @@ class CountingRows:
     """Delegates row reads to `reader` and marks the rows read in `read` (shared by all readers of a store)."""
 
     def __init__(self, reader: object, read: np.ndarray) -> None:
-        self.reader, self.read = reader, read
+        self.reader, self.read, self.shape = reader, read, reader.shape
 
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
         self.read[rows] = True
@@ -164,9 +174,11 @@ def run_child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     masks = install_reader(args.reader)
-    cfg = TrainConfig(store=args.store, out_dir=args.out_dir, feature_mode="10c", embed_dim=args.embed_dim,
+    sets = {"feature_mode": "regions", "image_pool": args.image_pool, "region_drop": args.region_drop}
+    cfg = TrainConfig(store=args.store, out_dir=args.out_dir, embed_dim=args.embed_dim,
                       word_dim=args.word_dim, batch_size=args.batch_size, epochs=1, device="cpu",
-                      log_every=1000, seed=0, overwrite=True)  # the run folder is this script's own
+                      log_every=1000, seed=0, overwrite=True,  # the run folder is this script's own
+                      **(sets if args.regions else {"feature_mode": "10c"}))
     start = time.perf_counter()
     summary = run_train(cfg)
     seconds = time.perf_counter() - start
@@ -186,7 +198,8 @@ def run_child(args: argparse.Namespace) -> None:
 def measure(store: Path, *, reader: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--store", str(store), "--reader", reader,
                "--out-dir", str(Path(args.dir) / f"run-{store.stem}-{reader}"), "--embed-dim", str(args.embed_dim),
-               "--word-dim", str(args.word_dim), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+               "--word-dim", str(args.word_dim), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+               "--regions", str(args.regions), "--image-pool", args.image_pool, "--region-drop", str(args.region_drop)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"child failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
@@ -210,6 +223,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the children (memory does not "
                         "depend on it; 1 avoids oversubscribing a shared machine)")
     parser.add_argument("--readers", default="shipped,memmap", help=f"comma list of {READERS}")
+    parser.add_argument("--regions", type=int, default=0, help="K > 0: region stores of K vectors per image")
+    parser.add_argument("--image-pool", default="mean", help="with --regions: mean, adaptive or gpo")
+    parser.add_argument("--region-drop", type=float, default=0.0, help="with --regions: training's region drop")
     parser.add_argument("--dir", default="/tmp/vsepp-bench", help="stores and run folders (not the repo)")
     parser.add_argument("--keep", action="store_true", help="keep the stores and runs (reused when they match)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -225,26 +241,30 @@ def main() -> None:
         parser.error(f"--readers {args.readers!r}: choose from {', '.join(READERS)}")
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
-    sizes = {"small": images_for_megabytes(args.small_mb, args.feature_dim),
-             "big": images_for_megabytes(args.big_mb, args.feature_dim)}
-    needed = sum(sizes.values()) * (CROPS + 1) * args.feature_dim * 4
+    vectors = args.regions or CROPS
+    sizes = {"small": images_for_megabytes(args.small_mb, args.feature_dim, vectors),
+             "big": images_for_megabytes(args.big_mb, args.feature_dim, vectors)}
+    needed = sum(sizes.values()) * (args.regions or CROPS + 1) * args.feature_dim * 4
     free = shutil.disk_usage(folder).free
-    stores = {name: folder / f"{name}-{count}x10x{args.feature_dim}.h5" for name, count in sizes.items()}
+    kind = f"{args.regions}r" if args.regions else "10"
+    stores = {name: folder / f"{name}-{count}x{kind}x{args.feature_dim}.h5" for name, count in sizes.items()}
     if free < 1.2 * needed and not all(path.exists() for path in stores.values()):
         sys.exit(f"{folder}: {free / 1e9:.1f} GB free, the stores need {needed / 1e9:.1f} GB; "
                  "pass smaller --big-mb/--small-mb or another --dir")
+    print_machine()
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {folder} ({free / 1e9:.0f} GB free)")
     for name, path in stores.items():
         start = time.perf_counter()
-        if args.keep and store_is_complete(path, sizes[name], args.feature_dim):
+        if args.keep and store_is_complete(path, sizes[name], args.feature_dim, args.regions):
             note = "reused"
         else:
             write_store(path, sizes[name], feature_dim=args.feature_dim, args=args)
             note = f"written in {time.perf_counter() - start:.0f} s"
         print(f"{name:5s} store {path.name}: {sizes[name]} images x {args.captions_per_image} captions, "
-              f"10c {sizes[name] * CROPS * args.feature_dim * 4 / MIB:.0f} MiB, file "
+              f"{'regions' if args.regions else '10c'} {sizes[name] * vectors * args.feature_dim * 4 / MIB:.0f} MiB, file "
               f"{path.stat().st_size / MIB:.0f} MiB ({note})")
-    print(f"one epoch of run_train per child: feature mode 10c, embed {args.embed_dim}, word {args.word_dim}, "
+    mode = f"regions ({args.image_pool}, drop {args.region_drop})" if args.regions else "10c"
+    print(f"one epoch of run_train per child: feature mode {mode}, embed {args.embed_dim}, word {args.word_dim}, "
           f"batch {args.batch_size}, {args.threads} torch thread(s); MiB; peaks of RssAnon/RssFile sampled every 10 ms, VmHWM exact")
     print(f"{'reader':8s} {'store':5s} {'steps':>6s} {'rows read':>10s} {'s':>5s} {'VmHWM':>7s} "
           f"{'peak anon':>9s} {'peak file':>9s} {'end anon':>8s} {'end file':>8s}")

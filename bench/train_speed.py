@@ -26,28 +26,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.workload import add_model_arguments, step_gflop  # noqa: E402
+from bench.machine import print_machine  # noqa: E402
+from bench.workload import add_model_arguments, step_gflop, synthetic_batch  # noqa: E402
 
 from train.config import TrainConfig  # noqa: E402
-from train.data import Batch, pad_token_ids  # noqa: E402
+from train.data import Batch  # noqa: E402
 from train.losses import build_loss  # noqa: E402
 from train.model import build_model  # noqa: E402
 from train.text import SPECIAL_TOKENS, Vocabulary  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
-START_ID, END_ID = 1, 2  # train.text: <pad>=0, <start>=1, <end>=2, <unk>=3
-
-
-def synthetic_batch(rng: np.random.Generator, *, batch_size: int, words: int, vocab_size: int,
-                    feature_dim: int) -> Batch:
-    """Captions of words-2..words+2 random ids between <start> and <end>, one random 1C feature per caption."""
-    lengths = rng.integers(max(words - 2, 1), words + 3, batch_size)
-    token_ids = [np.concatenate([[START_ID], rng.integers(len(SPECIAL_TOKENS), vocab_size, length), [END_ID]])
-                 for length in lengths.tolist()]
-    tokens, token_lengths = pad_token_ids([ids.astype(np.int64) for ids in token_ids])
-    return Batch(tokens=tokens, lengths=token_lengths,
-                 images=torch.from_numpy(rng.standard_normal((batch_size, feature_dim), dtype=np.float32)),
-                 image_ids=torch.arange(batch_size), caption_rows=torch.arange(batch_size))
 
 
 def time_steps(trainer: Trainer, batches: list[Batch], *, threads: int, warmup: int,
@@ -99,6 +87,7 @@ def main() -> None:
                             feature_dim=args.feature_dim).values()) for batch in batches]
     parts = step_gflop(batches[0].lengths, word_dim=args.word_dim, embed_dim=args.embed_dim, feature_dim=args.feature_dim)
     mean_gflop = statistics.mean(gflop)
+    print_machine()
     print(f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     print(f"model: GRU {args.embed_dim}, word dim {args.word_dim}, {args.feature_dim}-d 1C features, vocab "

@@ -1,7 +1,9 @@
-"""Benchmark: one training step with a packed nn.GRU (reference style) vs train.gru.PackedGRU, alternated.
+"""Benchmark: one training step with a packed nn.GRU (reference style) vs train.gru.PackedGRU, alternated;
+or (--compare amp) the PackedGRU step in float32 vs under bf16 autocast (--amp bf16).
 
     python bench/train_step.py                    # batch 128, GRU 1024, word 300, 2048-d features, 12+/-2 words
     python bench/train_step.py --rounds 12 --steps 2 --threads 2 --profile-steps 3
+    python bench/train_step.py --compare amp      # (a) PackedGRU float32 vs (b) PackedGRU under bf16 autocast
 
 Both sides run the step of the VSE++ paper, written here from its description so that the bench depends on
 nothing of ours but train/gru.py: Embedding -> GRU over the true tokens -> last state -> L2 norm for captions;
@@ -19,6 +21,10 @@ similarity matrix), forward + backward = 3x forward, the same nominal count for 
 the exact-zero products of h0 = 0 in the first step, ~5% of it). A torch.profiler table (top ops by self CPU
 time) follows for each side. With CUDA (--device auto picks it when present) PackedGRU runs nn.GRU (cuDNN)
 itself, so (b) would time the same code as (a): it is skipped and only (a) is timed.
+
+With --compare amp both sides use PackedGRU; (b) runs the encoders under torch.autocast(bfloat16) as the trainer
+does with --amp bf16 (the GRU's products in bf16, its gate math and the loss in float32), and the first-step
+comparison gives bf16's error on the loss and the gradients. The GFLOP/s column counts the same nominal FLOP.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench.machine import print_machine  # noqa: E402
 from bench.workload import add_model_arguments, step_gflop  # noqa: E402
 from train.gru import PackedGRU  # noqa: E402
 
@@ -124,25 +131,44 @@ class Side:
     captions: CaptionEncoder
     images: ImageEncoder
     optimizer: torch.optim.Optimizer
+    autocast: torch.dtype | None = None  # the encoders' autocast dtype (the loss stays float32), None = off
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.images.parameters()) + list(self.captions.parameters())
 
 
-def build_side(name: str, *, gru: str, args: argparse.Namespace, device: torch.device) -> Side:
+def build_side(name: str, *, gru: str, args: argparse.Namespace, device: torch.device,
+               autocast: torch.dtype | None = None) -> Side:
     """Fresh encoders of the sizes in `args` and their Adam (lr 2e-4), with the GRU kind `gru`."""
     captions = CaptionEncoder(args.vocab_size, word_dim=args.word_dim, embed_dim=args.embed_dim, gru=gru).to(device)
     images = ImageEncoder(args.feature_dim, embed_dim=args.embed_dim).to(device)
     params = list(images.parameters()) + list(captions.parameters())
-    return Side(name, captions, images, torch.optim.Adam(params, lr=LEARNING_RATE))
+    return Side(name, captions, images, torch.optim.Adam(params, lr=LEARNING_RATE), autocast)
+
+
+def build_sides(args: argparse.Namespace, device: torch.device) -> list[Side]:
+    """The sides of --compare, (b) starting from (a)'s weights: gru = packed nn.GRU and PackedGRU (the latter on
+    the CPU only), amp = PackedGRU in float32 and under bf16 autocast."""
+    if args.compare == "amp":
+        sides = [build_side("(a) PackedGRU fp32", gru="packed", args=args, device=device),
+                 build_side("(b) PackedGRU bf16", gru="packed", args=args, device=device, autocast=torch.bfloat16)]
+    else:
+        sides = [build_side("(a) packed nn.GRU", gru="nn", args=args, device=device)]
+        if device.type == "cpu":
+            sides.append(build_side("(b) PackedGRU", gru="packed", args=args, device=device))
+    for side in sides[1:]:
+        side.captions.load_state_dict(sides[0].captions.state_dict())  # nn.GRU's keys load unchanged
+        side.images.load_state_dict(sides[0].images.state_dict())
+    return sides
 
 
 def loss_and_backward(side: Side, batch: Batch) -> torch.Tensor:
     """Zero the gradients, forward both encoders, MH loss, backward; returns the loss tensor."""
     side.optimizer.zero_grad(set_to_none=True)
     with record_function("step: forward + loss"):
-        loss = mh_loss(side.images(batch.features), side.captions(batch.tokens, batch.lengths),
-                       batch.image_ids)
+        with torch.autocast(batch.features.device.type, dtype=side.autocast, enabled=side.autocast is not None):
+            image_emb, caption_emb = side.images(batch.features), side.captions(batch.tokens, batch.lengths)
+        loss = mh_loss(image_emb.float(), caption_emb.float(), batch.image_ids)
     with record_function("step: backward"):
         loss.backward()
     return loss
@@ -165,7 +191,7 @@ def compare_first_step(a: Side, b: Side, batch: Batch) -> str:
         grads.append([param.grad.clone() for param in side.parameters()])
         side.optimizer.zero_grad(set_to_none=True)
     worst = max(float((ga - gb).abs().max() / gb.abs().max().clamp(min=1e-30)) for ga, gb in zip(*grads))
-    return (f"same math: loss (a) {losses[0]:.6f}, (b) {losses[1]:.6f}; "
+    return (f"first step from the same weights: loss (a) {losses[0]:.6f}, (b) {losses[1]:.6f}; "
             f"max |grad a - grad b| / max |grad b| over parameters {worst:.1e}")
 
 
@@ -215,6 +241,8 @@ def main() -> None:
     parser.add_argument("--profile-rows", type=int, default=15, help="rows of each profiler table")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare", choices=("gru", "amp"), default="gru",
+                        help="gru: (a) packed nn.GRU vs (b) PackedGRU; amp: (a) PackedGRU float32 vs (b) under bf16")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
@@ -222,20 +250,16 @@ def main() -> None:
                           else "cpu")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    print_machine()
     load_before = os.getloadavg()[0]
 
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     batches = [synthetic_batch(generator, batch_size=args.batch_size, words=args.words, vocab_size=args.vocab_size,
                                feature_dim=args.feature_dim, device=device) for _ in range(args.batches)]
-    reference = build_side("(a) packed nn.GRU", gru="nn", args=args, device=device)
-    sides = [reference]
-    if device.type == "cpu":
-        packed = build_side("(b) PackedGRU", gru="packed", args=args, device=device)
-        packed.captions.load_state_dict(reference.captions.state_dict())  # nn.GRU's keys load unchanged
-        packed.images.load_state_dict(reference.images.state_dict())
-        print(compare_first_step(reference, packed, batches[0]))
-        sides.append(packed)
+    sides = build_sides(args, device)
+    if len(sides) == 2:
+        print(compare_first_step(sides[0], sides[1], batches[0]))
     else:
         print("CUDA: PackedGRU runs nn.GRU (cuDNN) there, so side (b) would time the same code as (a); skipped")
 

@@ -12,6 +12,8 @@ import contextlib
 import datetime
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,8 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_MINUTES = 30.0  # a collective waiting longer than this (a dead or stuck rank) fails, never hangs
+CHECK_IN_KEY = "vsepp/check-in/"  # + rank: a counter each rank's watch thread increments in the group's store
+LAUNCHER_GRACE_S = 60.0  # after its launcher died, a rank has this long to stop as after Ctrl-C, then it exits
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,7 @@ def init_from_environment(*, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -
     dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(minutes=timeout_minutes))
     _CURRENT = Distributed(rank=rank, world_size=world_size, local_rank=local_rank)
+    start_watch(check_in_interval(timeout_minutes * 60))
     logger.info("rank %d of %d (local rank %d) joined the %s process group", rank, world_size, local_rank, backend)
     return _CURRENT
 
@@ -170,6 +175,7 @@ def shutdown(*, wait_for_others: bool = False) -> None:
     another is still inside a collective; leave it off on an error path, where the others may never arrive.
     """
     global _CURRENT
+    stop_watch()
     if dist.is_initialized():
         if wait_for_others:
             dist.barrier()
@@ -182,3 +188,90 @@ def device_for(device: torch.device, context: Distributed) -> torch.device:
     if device.type == "cuda" and context.enabled:
         return torch.device("cuda", context.local_rank)
     return device
+
+
+def check_in_interval(timeout_s: float) -> float:
+    """Seconds between a rank's check-ins: a twentieth of the collective timeout, within [0.1, 5]."""
+    return min(max(timeout_s / 20, 0.1), 5.0)
+
+
+class _Watch(threading.Thread):
+    """Every rank's daemon thread: it checks in through the process group's store every `interval` seconds (so
+    that a rank whose collective failed can name the ranks that stopped: unresponsive_ranks), and stops this
+    rank when its launcher dies.
+
+    torchrun starts its workers in sessions of their own, so a SIGKILL of the launcher's process group leaves
+    them training with nobody to collect them; a rank whose parent changed (it was re-parented: the launcher is
+    gone) interrupts itself as Ctrl-C does (train saves last.pt after the step and every rank stops at the same
+    step), and exits after LAUNCHER_GRACE_S if that did not end it (a collective stuck on a dead peer).
+    """
+
+    def __init__(self, store: Any, *, rank: int, interval: float) -> None:
+        super().__init__(name="rank-watch", daemon=True)
+        self.store, self.rank, self.interval = store, rank, interval
+        self.parent = os.getppid()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            if os.getppid() != self.parent:
+                self.launcher_died()
+                return
+            with contextlib.suppress(Exception):  # a store that went away with rank 0: the launcher check decides
+                self.store.add(CHECK_IN_KEY + str(self.rank), 1)
+
+    def launcher_died(self) -> None:
+        logger.error("rank %d: its launcher (pid %d) is gone; stopping this rank as after Ctrl-C", self.rank,
+                     self.parent)
+        os.kill(os.getpid(), signal.SIGINT)
+        if not self.stopped.wait(LAUNCHER_GRACE_S):
+            logger.error("rank %d: still running %.0f s after its launcher died; exiting", self.rank, LAUNCHER_GRACE_S)
+            os._exit(1)
+
+
+_WATCH: _Watch | None = None
+
+
+def start_watch(interval: float) -> None:
+    """Start this rank's watch thread on the process group's store (see _Watch)."""
+    global _WATCH
+    store = dist.distributed_c10d._get_default_store()  # the store the group rendezvoused through (torchrun's)
+    _WATCH = _Watch(store, rank=dist.get_rank(), interval=interval)
+    _WATCH.store.add(CHECK_IN_KEY + str(_WATCH.rank), 1)  # every rank's key exists before any check
+    _WATCH.start()
+
+
+def stop_watch() -> None:
+    """Stop this rank's watch thread (a rank that leaves its group on purpose no longer checks in)."""
+    global _WATCH
+    if _WATCH is not None:
+        _WATCH.stopped.set()
+        _WATCH = None
+
+
+def unresponsive_ranks(*, observe_s: float | None = None) -> list[int] | None:
+    """The other ranks whose check-in counter did not move for `observe_s` seconds (default: 2.5 check-in
+    intervals): stopped, killed or hung without their threads running. None when it cannot be known (no
+    process group, or its store is gone)."""
+    watch = _WATCH
+    if watch is None or not dist.is_initialized():
+        return None
+    others = [rank for rank in range(dist.get_world_size()) if rank != watch.rank]
+    try:
+        before = [watch.store.add(CHECK_IN_KEY + str(rank), 0) for rank in others]
+        watch.stopped.wait(2.5 * watch.interval if observe_s is None else observe_s)
+        after = [watch.store.add(CHECK_IN_KEY + str(rank), 0) for rank in others]
+    except Exception:  # the store's host (rank 0's launcher) is gone
+        return None
+    return [rank for rank, old, new in zip(others, before, after) if old == new]
+
+
+def describe_failure(err: BaseException) -> str | None:
+    """For an error of a distributed run: which ranks did not arrive, in words; None when every rank still checks
+    in (the error is this rank's own) or it cannot be known."""
+    missing = unresponsive_ranks()
+    if not missing:
+        return None
+    names = ", ".join(str(rank) for rank in missing)
+    return (f"rank(s) {names} did not arrive: they stopped checking in (stopped, killed or hung) while this rank "
+            f"waited ({type(err).__name__}: {str(err).strip()[:300]}); see their logs (torchrun stops the job)")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from common.files import atomic_write
+from common.config import StageConfig
+from common.files import atomic_write, atomic_write_json
 from common.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_PER_CROP = 256 / 224  # the extraction's resize 256 -> crop 224, kept at any training resolution
 DEFAULT_EPOCHS = 6  # 400 images: colour, count, size, background, position learned; shape not yet
 DEFAULT_RESOLUTION = 96  # training crop side; extraction uses 224
+MIN_RESOLUTION = 32  # a ResNet's five stride-2 stages need at least this
 
 
 @dataclass
@@ -191,56 +194,89 @@ def _validate(trunk: nn.Module, heads: nn.ModuleDict, train: LabelledImages, val
     return val_accuracy
 
 
-def pretrain_demo_backbone(
-    dataset_json: str | Path,
-    image_root: str | Path,
-    out_weights: str | Path,
-    *,
-    backbone: str = "resnet18",
-    epochs: int = DEFAULT_EPOCHS,
-    batch_size: int = 32,
-    resolution: int = DEFAULT_RESOLUTION,
-    learning_rate: float = 2e-3,
-    bn_recalibration_images: int = 128,
-    seed: int = 0,
-    device: str = "cpu",
-) -> Path:
-    """Train `backbone` from random init to classify the demo attributes; save its state_dict to `out_weights`.
+@dataclass
+class PretrainConfig(StageConfig):
+    """How the demo's CNN is pretrained (pretrain_demo_backbone); saved in the JSON beside the weights."""
+
+    dataset_json: str = field(default="", metadata={"help": "Karpathy JSON of generate_demo_dataset",
+                                                    "required": True})
+    image_root: str = field(default="", metadata={"help": "folder the JSON's image paths are relative to",
+                                                  "required": True})
+    out_weights: str = field(default="", metadata={"help": "the torchvision state_dict to write", "required": True})
+    backbone: str = field(default="resnet18", metadata={"help": "torchvision ResNet trained from random init",
+                                                        "choices": SUPPORTED_BACKBONES})
+    epochs: int = field(default=DEFAULT_EPOCHS, metadata={"help": "passes over the train split"})
+    batch_size: int = field(default=32, metadata={"help": "images per step"})
+    resolution: int = field(default=DEFAULT_RESOLUTION, metadata={
+        "help": "training crop side in pixels (extraction's 224 is too slow on a small CPU)"})
+    learning_rate: float = field(default=2e-3, metadata={"help": "AdamW's peak learning rate (one-cycle)"})
+    bn_recalibration_images: int = field(default=128, metadata={
+        "help": "train images whose 256 -> 224 crops recompute the BatchNorm statistics (0 = off)"})
+    seed: int = field(default=0, metadata={"help": "seed of the init, the order and the crops"})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda", "choices": ("cpu", "cuda")})
+
+    def validate(self) -> None:
+        """ValueError naming the first option out of range; FileNotFoundError for a missing input."""
+        super().validate()
+        self.check_at_least(1, "epochs", "batch_size")
+        self.check_at_least(0, "bn_recalibration_images")
+        self.check_at_least(MIN_RESOLUTION, "resolution")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no GPU is available; use cpu")
+        if not Path(self.dataset_json).is_file():
+            raise FileNotFoundError(f"dataset JSON {self.dataset_json} does not exist; run generate_demo_dataset "
+                                    "first")
+        if not Path(self.image_root).is_dir():
+            raise FileNotFoundError(f"image root {self.image_root} is not a directory")
+
+
+def _read_demo_dataset(path: Path) -> dict[str, Any]:
+    """The demo dataset JSON (its images and their attribute labels); ValueError for any other dataset."""
+    dataset = json.loads(path.read_text())
+    if "attribute_classes" not in dataset:
+        raise ValueError(f"{path} has no 'attribute_classes': it is not a demo dataset made by "
+                         "demo.synthetic.generate_demo_dataset")
+    return dataset
+
+
+def _fit(cfg: PretrainConfig, classes: dict[str, list[Any]], train: LabelledImages, *,
+         full_size_train: Callable[[list[int]], LabelledImages]) -> tuple[nn.Module, nn.Module, nn.ModuleDict]:
+    """(model, trunk, heads) trained from the seed's random init, BatchNorm recalibrated at 256 -> 224."""
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    model, trunk, heads = _build(cfg.backbone, classes)
+    model.to(device, memory_format=torch.channels_last)
+    heads.to(device)
+    _train(trunk, heads, train, epochs=cfg.epochs, batch_size=cfg.batch_size, resolution=cfg.resolution,
+           learning_rate=cfg.learning_rate, generator=generator, device=device, desc=f"pretrain {cfg.backbone}")
+    if cfg.bn_recalibration_images:
+        # A fixed, seeded subset of train images decoded again at full size.
+        subset = torch.randperm(len(train.pixels), generator=generator)[:cfg.bn_recalibration_images].sort().values
+        _recalibrate_batchnorm(trunk, full_size_train(subset.tolist()).pixels, device=device,
+                               batch_size=cfg.batch_size)
+        logger.info("recalibrated BatchNorm statistics on %d train images at 256 -> 224", len(subset))
+    return model, trunk, heads
+
+
+def pretrain_demo_backbone(cfg: PretrainConfig) -> Path:
+    """Train cfg.backbone from random init to classify the demo attributes; save its state_dict to cfg.out_weights.
 
     Only the train split is used for training; the val split (if any) gives held-out per-attribute accuracy.
     The trunk's pooled features feed one linear head per attribute (colour, shape, count, size, background,
     position and the second object's colour/shape/size); the loss is the sum of their cross-entropies.
     Images are resized to resolution*256/224 and randomly cropped to `resolution` with a random flip: the
-    geometry of extraction (resize 256, crop 224) scaled down, since 224 is too slow on a small CPU; then
-    the BatchNorm statistics are recomputed on `bn_recalibration_images` train images at 256 -> 224 (0 = off),
-    so that the saved weights suit extraction's geometry.
+    geometry of extraction (resize 256, crop 224) scaled down; then the BatchNorm statistics are recomputed on
+    `bn_recalibration_images` train images at 256 -> 224 (0 = off), so that the weights suit extraction.
+    This is a classifier's loop (cross-entropy of labels, one-cycle AdamW), not the retrieval Trainer's.
     The saved file is the plain torchvision state_dict (the untouched 1000-way fc included), so
     `torchvision.models.<backbone>().load_state_dict(torch.load(path))` works strictly. A JSON beside it
-    (same name, `.json`) records the settings, the time taken and the val accuracies.
+    (same name, `.json`) records the settings, the time taken and the val accuracies; both are written atomically.
     """
-    dataset_json, image_root, out_weights = Path(dataset_json), Path(image_root), Path(out_weights)
-    if not dataset_json.is_file():
-        raise FileNotFoundError(f"dataset JSON {dataset_json} does not exist; run generate_demo_dataset first")
-    if not image_root.is_dir():
-        raise FileNotFoundError(f"image root {image_root} is not a directory")
-    if backbone not in SUPPORTED_BACKBONES:
-        raise ValueError(f"backbone={backbone!r} is not supported for demo pretraining; use one of "
-                         f"{SUPPORTED_BACKBONES}")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs={epochs} and batch_size={batch_size} must both be >= 1")
-    if bn_recalibration_images < 0:
-        raise ValueError(f"bn_recalibration_images={bn_recalibration_images} must be >= 0 (0 = off)")
-    if resolution < 32:
-        raise ValueError(f"resolution={resolution} is too small for a ResNet; use >= 32 (224 = extraction's)")
-    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise ValueError(f"device={device!r} is not available; use 'cpu' (or 'cuda' on a machine with a GPU)")
-    dataset = json.loads(dataset_json.read_text())
-    if "attribute_classes" not in dataset:
-        raise ValueError(f"{dataset_json} has no 'attribute_classes': it is not a demo dataset "
-                         "made by demo.synthetic.generate_demo_dataset")
-    classes = dataset["attribute_classes"]
-    resize = round(resolution * RESIZE_PER_CROP)
-
+    cfg.validate()
+    dataset_json, image_root, out_weights = Path(cfg.dataset_json), Path(cfg.image_root), Path(cfg.out_weights)
+    dataset = _read_demo_dataset(dataset_json)
+    resize = round(cfg.resolution * RESIZE_PER_CROP)
     started = time.perf_counter()
     train = _load_split(dataset, image_root, split="train", side=resize)
     if len(train.pixels) == 0:
@@ -248,39 +284,19 @@ def pretrain_demo_backbone(
     # Held-out images are kept at full size so that accuracy can also be measured at extraction's geometry.
     val = _load_split(dataset, image_root, split="val", side=256)
     logger.info("pretraining %s from random init on %d train images (%d val), %d epochs, %dpx crops of %dpx",
-                backbone, len(train.pixels), len(val.pixels), epochs, resolution, resize)
-
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    torch_device = torch.device(device)
-    model, trunk, heads = _build(backbone, classes)
-    model.to(torch_device, memory_format=torch.channels_last)
-    heads.to(torch_device)
-    _train(trunk, heads, train, epochs=epochs, batch_size=batch_size, resolution=resolution,
-           learning_rate=learning_rate, generator=generator, device=torch_device, desc=f"pretrain {backbone}")
-
-    if bn_recalibration_images:
-        # A fixed, seeded subset of train images decoded again at full size.
-        subset = torch.randperm(len(train.pixels), generator=generator)[:bn_recalibration_images].sort().values
-        full_size = _load_split(dataset, image_root, split="train", side=256, rows=subset.tolist())
-        _recalibrate_batchnorm(trunk, full_size.pixels, device=torch_device, batch_size=batch_size)
-        logger.info("recalibrated BatchNorm statistics on %d train images at 256 -> 224", len(subset))
+                cfg.backbone, len(train.pixels), len(val.pixels), cfg.epochs, cfg.resolution, resize)
+    model, trunk, heads = _fit(cfg, dataset["attribute_classes"], train, full_size_train=lambda rows: _load_split(
+        dataset, image_root, split="train", side=256, rows=rows))
     train_seconds = time.perf_counter() - started
-
-    val_accuracy = _validate(trunk, heads, train, val, resolution=resolution, device=torch_device,
-                             batch_size=batch_size)
+    val_accuracy = _validate(trunk, heads, train, val, resolution=cfg.resolution, device=torch.device(cfg.device),
+                             batch_size=cfg.batch_size)
 
     out_weights.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     atomic_write(out_weights, lambda handle: torch.save(state, handle))
-    summary = {
-        "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "resolution": resolution,
-        "resize": resize, "learning_rate": learning_rate,
-        "bn_recalibration_images": bn_recalibration_images, "seed": seed, "device": device,
-        "dataset_json": str(dataset_json), "num_train": len(train.pixels), "num_val": len(val.pixels),
-        "seconds": round(train_seconds, 1), "torch_threads": torch.get_num_threads(),
-        "val_accuracy": val_accuracy,
-    }
-    out_weights.with_suffix(".json").write_text(json.dumps(summary, indent=1))
-    logger.info("saved %s weights to %s after %.1f s of training", backbone, out_weights, train_seconds)
+    summary = {**cfg.to_dict(), "resize": resize, "num_train": len(train.pixels), "num_val": len(val.pixels),
+               "seconds": round(train_seconds, 1), "torch_threads": torch.get_num_threads(),
+               "val_accuracy": val_accuracy}
+    atomic_write_json(out_weights.with_suffix(".json"), summary)
+    logger.info("saved %s weights to %s after %.1f s of training", cfg.backbone, out_weights, train_seconds)
     return out_weights

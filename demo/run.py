@@ -12,7 +12,7 @@ import torch
 from common.choices import CROP_COUNTS, FEATURE_MODES
 from common.config import StageConfig
 from common.files import atomic_write_json, atomic_write_text
-from demo.pretrain import pretrain_demo_backbone
+from demo.pretrain import PretrainConfig, pretrain_demo_backbone
 from demo.synthetic import generate_demo_dataset
 from extract.config import ExtractConfig
 from extract.run import run_extract
@@ -149,8 +149,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         start = time.perf_counter()
         weights_path = out / "demo_resnet18.pth"
         if not weights_path.is_file():  # a rerun of the demo reuses its CNN
-            pretrain_demo_backbone(dataset_json, dataset_json.parent, weights_path, epochs=cfg.pretrain_epochs,
-                                   seed=cfg.seed)
+            pretrain_demo_backbone(PretrainConfig(dataset_json=str(dataset_json), image_root=str(dataset_json.parent),
+                                                  out_weights=str(weights_path), epochs=cfg.pretrain_epochs,
+                                                  seed=cfg.seed))
         weights = str(weights_path)
         timings["pretrain"] = time.perf_counter() - start
     stages = _stage_configs(cfg, dataset_json, weights)

@@ -317,35 +317,59 @@ def generate_demo_dataset(
     with other arguments is an error unless `overwrite=True`, which deletes its images first.
     """
     counts = {"train": num_train, "restval": num_restval, "val": num_val, "test": num_test}
-    for split, n in counts.items():
-        if n < 0:
-            raise ValueError(f"num_{split}={n} must be >= 0")
-    if num_train == 0:
-        raise ValueError("num_train=0: the demo needs training images; pass num_train >= 1")
-    if image_size < 64:
-        raise ValueError(f"image_size={image_size} is too small to draw the shapes; use >= 64 (default 256)")
+    _check_sizes(counts, image_size)
     out_dir = Path(out_dir)
     json_path = out_dir / JSON_NAME
     params = {"seed": seed, "image_size": image_size, "counts": counts}
-    if json_path.exists():
-        old = json.loads(json_path.read_text())
-        old_files = [out_dir / im["filepath"] / im["filename"] for im in old.get("images", [])]
-        if old.get("generator_params") == params and all(p.exists() for p in old_files):
-            logger.info("reusing the demo dataset at %s (same parameters)", json_path)
-            return json_path
-        if not overwrite:
-            raise ValueError(f"{json_path} holds a demo dataset made with other parameters "
-                             f"({old.get('generator_params')}); pass overwrite=True or use another out_dir")
-        logger.info("overwriting the demo dataset at %s", json_path)
-        for path in old_files:
-            path.unlink(missing_ok=True)
+    if _reuse_or_clear(out_dir, json_path, params, overwrite=overwrite):
+        return json_path
     image_dir = out_dir / IMAGE_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
+    images = [_image_record(split, index, seed=seed, image_size=image_size, image_dir=image_dir)
+              for split in ("train", "restval", "val", "test") for index in range(counts[split])]
+    num_captions = _number_records(images)
+    dataset = {"dataset": DATASET_NAME, "generator_params": params,
+               "attribute_classes": ATTRIBUTE_CLASSES, "images": images}
+    atomic_write_text(json_path, json.dumps(dataset, indent=1))  # a reader never sees half a JSON
+    logger.info("wrote %d images (%s) and %d captions to %s", len(images),
+                ", ".join(f"{n} {s}" for s, n in counts.items() if n), num_captions, out_dir)
+    if num_test:
+        logger.info("test split duplicates: %s", duplicate_statistics(images, "test"))
+    return json_path
 
-    images = []
-    for split in ("train", "restval", "val", "test"):
-        for index in range(counts[split]):
-            images.append(_image_record(split, index, seed=seed, image_size=image_size, image_dir=image_dir))
+
+def _check_sizes(counts: dict[str, int], image_size: int) -> None:
+    """ValueError for a negative split size, no training image, or images too small to draw the shapes on."""
+    for split, n in counts.items():
+        if n < 0:
+            raise ValueError(f"num_{split}={n} must be >= 0")
+    if counts["train"] == 0:
+        raise ValueError("num_train=0: the demo needs training images; pass num_train >= 1")
+    if image_size < 64:
+        raise ValueError(f"image_size={image_size} is too small to draw the shapes; use >= 64 (default 256)")
+
+
+def _reuse_or_clear(out_dir: Path, json_path: Path, params: dict, *, overwrite: bool) -> bool:
+    """True when `json_path` holds a complete dataset made with `params` (reuse it); an existing one made with
+    other parameters is a ValueError, or with `overwrite` has its images deleted (False: render anew)."""
+    if not json_path.exists():
+        return False
+    old = json.loads(json_path.read_text())
+    old_files = [out_dir / im["filepath"] / im["filename"] for im in old.get("images", [])]
+    if old.get("generator_params") == params and all(p.exists() for p in old_files):
+        logger.info("reusing the demo dataset at %s (same parameters)", json_path)
+        return True
+    if not overwrite:
+        raise ValueError(f"{json_path} holds a demo dataset made with other parameters "
+                         f"({old.get('generator_params')}); pass overwrite=True or use another out_dir")
+    logger.info("overwriting the demo dataset at %s", json_path)
+    for path in old_files:
+        path.unlink(missing_ok=True)
+    return False
+
+
+def _number_records(images: list[dict]) -> int:
+    """Give every image its imgid and every caption its sentid (Karpathy's running numbers); return the captions."""
     sentid = 0
     for imgid, image in enumerate(images):
         image["imgid"] = imgid
@@ -353,11 +377,4 @@ def generate_demo_dataset(
             sentence.update(imgid=imgid, sentid=sentid)
             sentid += 1
         image["sentids"] = [s["sentid"] for s in image["sentences"]]
-    dataset = {"dataset": DATASET_NAME, "generator_params": params,
-               "attribute_classes": ATTRIBUTE_CLASSES, "images": images}
-    atomic_write_text(json_path, json.dumps(dataset, indent=1))  # a reader never sees half a JSON
-    logger.info("wrote %d images (%s) and %d captions to %s", len(images),
-                ", ".join(f"{n} {s}" for s, n in counts.items() if n), sentid, out_dir)
-    if num_test:
-        logger.info("test split duplicates: %s", duplicate_statistics(images, "test"))
-    return json_path
+    return sentid

@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.choices import AMP_MODES, CROP_COUNTS, DECODE_DEVICES, DEVICES, FEATURE_DTYPES
+from common.choices import AMP_MODES, CROP_COUNTS, DECODE_DEVICES, FEATURE_DTYPES
 from common.config import StageConfig
+from common.fields import device_field
 from extract.backbones import BACKBONES
 from extract.loader import DEFAULT_IMAGE_TIMEOUT_S
 from features.datasets import DATASET_FORMATS
@@ -13,83 +14,67 @@ from features.datasets import DATASET_FORMATS
 
 @dataclass
 class ExtractConfig(StageConfig):
-    """Options of ``run_extract``; saved as JSON beside the store (``<out>.extract.json``)."""
+    """Options of ``run_extract``; saved as JSON beside the store (``<out>.extract.json``). Each field's help
+    says what it means (it is also the --help of its option)."""
 
-    # path of a Karpathy split JSON (dataset_coco.json ...) or a TSV image_path<TAB>caption[<TAB>split]
     dataset: str = field(default="", metadata={"help": "Karpathy split JSON (dataset_coco.json, ...) or TSV "
                                                        "image_path<TAB>caption file", "required": True})
-    # folder that image paths in the dataset are relative to
     image_root: str = field(default="", metadata={"help": "folder the dataset's image paths are relative to",
                                                   "required": True})
-    # output HDF5 feature store
     out: str = field(default="", metadata={"help": "output HDF5 feature store path (one per dataset x backbone)",
                                            "required": True})
-    # how to parse `dataset`
     dataset_format: str = field(default="auto", metadata={
         "help": "dataset file format; auto = by suffix (.json Karpathy, .tsv TSV)",
         "choices": DATASET_FORMATS})
-    # CNN; the paper uses vgg19 (FC7) and resnet152 (pooled)
     backbone: str = field(default="resnet152", metadata={
         "help": "CNN: vgg19 -> FC7 4096-d after ReLU, resnets -> 2048-d pooled (512-d resnet18); "
                 "paper: vgg19 and resnet152", "choices": tuple(BACKBONES)})
-    # "default", a torchvision weights name (IMAGENET1K_V1), "none" (random init) or a state_dict path
     weights: str = field(default="default", metadata={
-        "help": "'default' = torchvision's standard ImageNet file from the torch hub cache "
-                "(never downloaded), a torchvision weights name like IMAGENET1K_V1, a state_dict PATH, "
-                "or 'none' = random init (seeded by --seed)"})
-    # 10 = TenCrop (paper's 10C; also fills 1c), 1 = center crop only (paper's 1C)
+        "help": "'default' = torchvision's standard ImageNet file from the torch hub cache (downloaded there "
+                "on first use, hash-checked, unless --offline), a torchvision weights name like IMAGENET1K_V1, "
+                "a state_dict PATH, or 'none' = random init (seeded by --seed; weak features: near-chance "
+                "results on real photos)"})
+    offline: bool = field(default=False, metadata={
+        "help": "never download weights (also set by VSEPP_OFFLINE=1 or HF_HUB_OFFLINE=1): a missing file is an "
+                "error naming its URL and the folder to put it in"})
     crops: int = field(default=10, metadata={
         "help": "crops per image: 10 = four corners + center and their flips (paper 10C, also writes the "
                 "center crop as 1c), 1 = center 224 crop of the 256x256 resize (paper 1C)",
         "choices": CROP_COUNTS})
-    # storage dtype of features
     dtype: str = field(default="float32", metadata={
         "help": "feature storage dtype (float16 halves the file; computed in float32 either way)",
         "choices": FEATURE_DTYPES})
-    # where the CNN runs
-    device: str = field(default="auto", metadata={
-        "help": "device for the CNN: auto = cuda when available, else cpu", "choices": DEVICES})
-    # mixed precision on CUDA only; fp32 is the paper's setting
+    device: str = device_field(what="the CNN")
     amp: str = field(default="none", metadata={
-        "help": "autocast dtype for the CNN on cuda (bf16 / fp16); applies on cuda only, must be 'none' "
-                "on cpu; default none = float32 as in the paper", "choices": AMP_MODES})
-    # images per CNN step; the CNN sees batch_size * crops crops at once
+        "help": "autocast dtype for the CNN: bf16 or fp16 on cuda, bf16 on a CPU with native bf16 (AMX or "
+                "AVX512-BF16: ~3x faster, features within ~0.5% of float32); features are stored as --dtype "
+                "either way; default none = float32 as in the paper", "choices": AMP_MODES})
     batch_size: int = field(default=32, metadata={
         "help": "images per batch; all crops of a batch go through the CNN as one batch "
                 "(batch_size * crops crops)"})
-    # DataLoader processes that decode + resize + crop; None = common.device.default_workers()
     workers: int | None = field(default=None, metadata={
         "help": "DataLoader worker processes for decode, resize and crop (0 = in the main process; "
                 "default: min(4, the CPU cores this process may use))"})
-    # seconds one image may take; with workers, a batch may take image_timeout * (batch_size + 2)
     image_timeout: float = field(default=DEFAULT_IMAGE_TIMEOUT_S, metadata={
         "help": "seconds one image may take to open and decode before it is marked failed (0 = no limit); "
                 "with --workers a batch that takes longer than image-timeout x (batch-size + 2) stops the "
                 "run (resumable), since a decoder stuck in C code cannot be interrupted"})
-    # "" = all rows; "i/n" = the i-th of n contiguous row blocks (0-based)
     shard: str = field(default="", metadata={
         "help": "'' for all images, or 'i/n' to extract only the i-th (0-based) of n contiguous blocks "
                 "of rows, e.g. one per machine; join the stores with `pipeline.py merge`"})
-    # replace an existing store made with another config instead of refusing
     overwrite: bool = field(default=False, metadata={
         "help": "delete and recreate an existing store (also one made with another config)"})
-    # non-zero exit if any image failed to decode
     strict: bool = field(default=False, metadata={
         "help": "fail (non-zero exit) when any image could not be read; default: mark it failed, go on"})
-    # retry rows marked failed by an earlier run
     retry_failed: bool = field(default=False, metadata={
         "help": "also retry images marked failed by an earlier run (e.g. after fixing the files)"})
-    # seed of the random init (weights none), so random-init stores are reproducible
     seed: int = field(default=0, metadata={"help": "seed of the random init used with --weights none"})
-    # where JPEGs are decoded: the CPU in DataLoader workers, or batched on the GPU (nvJPEG) with the resize and crops
     decode: str = field(default="cpu", metadata={
         "help": "cpu = decode, resize and crop in DataLoader workers; gpu = workers only read the files, JPEG "
                 "batches are decoded, resized and cropped on the GPU (needs cuda; other formats fall back to the "
                 "CPU per image)", "choices": DECODE_DEVICES})
-    # NHWC memory format; faster convolutions on CPU (oneDNN) and on CUDA tensor cores
     channels_last: bool = field(default=True, metadata={
         "help": "run the CNN in channels_last memory format (faster on recent CPUs and GPUs)"})
-    # testing hook: stop (as if interrupted) after this many batches; None = run to the end
     max_batches: int | None = field(default=None, metadata={
         "help": "stop after this many batches as if interrupted (the store stays resumable); for tests"})
 

@@ -108,27 +108,29 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def load_crops(path: str | Path, crops: int) -> torch.Tensor:
-    """Open, fully decode, convert to RGB and crop one image -> uint8 [crops, 3, 224, 224]. May raise."""
+def load_crops(path: str | Path, crops: int, *, resize: str = "square") -> torch.Tensor:
+    """Open, fully decode, convert to RGB and crop one image -> uint8 [crops, 3, 224, 224] (`resize`: see
+    extract.transforms.crop_image). May raise."""
     with open_image_file(path) as handle, Image.open(handle) as image:
         image.load()  # decode now: truncated files raise here (LOAD_TRUNCATED_IMAGES stays False)
-        return crop_image(to_rgb(image), crops)
+        return crop_image(to_rgb(image), crops, resize=resize)
 
 
 class ImageDataset(Dataset):
     """Items (row index, absolute path) -> (index, uint8 crops [crops, 3, 224, 224]) or (index, error str).
 
     Each image gets `timeout_s` seconds to open and decode (time_limit) before it becomes a failure record.
+    `resize`: how the image is resized before cropping (extract.transforms.crop_image; "square" = the paper's).
     """
 
     def __init__(self, indices: Sequence[int], paths: Sequence[str | Path], *, crops: int,
-                 timeout_s: float = DEFAULT_IMAGE_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_IMAGE_TIMEOUT_S, resize: str = "square") -> None:
         if len(indices) != len(paths):
             raise ValueError(f"{len(indices)} indices but {len(paths)} paths")
         self.indices = [int(i) for i in indices]
         self.paths = [str(p) for p in paths]
         self.crops = crops
-        self.timeout_s = timeout_s
+        self.timeout_s, self.resize = timeout_s, resize
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -137,7 +139,7 @@ class ImageDataset(Dataset):
         index, path = self.indices[position], self.paths[position]
         try:
             with time_limit(self.timeout_s):
-                return index, load_crops(path, self.crops)
+                return index, load_crops(path, self.crops, resize=self.resize)
         except Exception as error:  # any decode failure becomes a failure record, the run goes on
             return index, f"{type(error).__name__}: {error}"
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common import distributed
-from common.device import autocast_context, default_workers, resolve_device
+from common.device import autocast_context, check_amp, default_workers, resolve_device
 from common.progress import Progress
 from extract.backbones import FeatureBackbone, build_backbone
 from extract.config import ExtractConfig, config_json_path, parse_shard
@@ -87,7 +87,8 @@ def store_attrs(cfg: ExtractConfig, backbone: FeatureBackbone, *, weights_name: 
             "dtype": cfg.dtype, "torch_version": str(torch.__version__),
             "torchvision_version": str(torchvision.__version__), "h5py_version": str(h5py.__version__),
             "command": " ".join(sys.argv), "image_root": str(Path(cfg.image_root).resolve()),
-            "dataset_path": str(Path(cfg.dataset).resolve()), "shard": cfg.shard, "decode": cfg.decode}
+            "dataset_path": str(Path(cfg.dataset).resolve()), "shard": cfg.shard, "decode": cfg.decode,
+            "amp": cfg.amp}
 
 
 def _open_store(cfg: ExtractConfig, dataset: DatasetIndex, attrs: dict, feature_dim: int, *, scope: np.ndarray,
@@ -108,6 +109,10 @@ def _open_store(cfg: ExtractConfig, dataset: DatasetIndex, attrs: dict, feature_
         if writer.attrs.get("shard", "") != cfg.shard:
             raise ValueError(f"{out} holds shard {writer.attrs.get('shard')!r}, not {cfg.shard!r}; use the same "
                              f"--shard to resume, another --out, or --overwrite")
+        stored_amp = writer.attrs.get("amp", "none")  # stores made before amp was recorded: float32 (CPU)
+        if stored_amp != cfg.amp:
+            raise ValueError(f"{out} was extracted with --amp {stored_amp}, not {cfg.amp}: rows of both must not "
+                             f"mix; resume with --amp {stored_amp}, or use another --out or --overwrite")
         rows = np.intersect1d(writer.pending_indices(retry_failed=cfg.retry_failed), scope)
         _refuse_missing_images(cfg, dataset, rows, missing)
         writer.reserve_space(rows=scope if cfg.shard else None)  # a shard's store holds only its rows on disk
@@ -219,16 +224,21 @@ def run_extract(cfg: ExtractConfig) -> dict:
 def _run_one_process(cfg: ExtractConfig) -> dict:
     """run_extract in one process (a rank of a distributed run extracts its shard with it)."""
     device = distributed.device_for(resolve_device(cfg.device), distributed.current())
-    if cfg.amp != "none" and device.type != "cuda":
-        raise ValueError(f"amp {cfg.amp!r} applies on cuda only; the device is {device.type}: use --amp none")
+    check_amp(device, cfg.amp)
     if cfg.decode == "gpu" and device.type != "cuda":
         raise ValueError(f"--decode gpu decodes on the GPU, but the device is {device.type}: use --decode cpu")
     dataset = load_dataset(cfg.dataset, cfg.dataset_format)
     image_root = validate_image_root(cfg.image_root)
     missing = check_image_paths(dataset, image_root, source=cfg.dataset)
-    if not Path(cfg.out).resolve().parent.is_dir():
-        raise FileNotFoundError(f"output folder of {cfg.out!r} does not exist; create it first")
-    weights_path, weights_name, weights_sha256 = resolve_weights(cfg.backbone, cfg.weights)
+    out_folder = Path(cfg.out).resolve().parent
+    if not out_folder.is_dir():  # created as train creates its run folder, before the model loads
+        out_folder.mkdir(parents=True)
+        logger.info("created the output folder %s", out_folder)
+    weights_path, weights_name, weights_sha256 = resolve_weights(cfg.backbone, cfg.weights, offline=cfg.offline)
+    if weights_name == NO_WEIGHTS:
+        logger.warning("--weights none: a random-init %s gives weak features; on real photos expect results near "
+                       "the chance row of eval (ImageNet weights: --weights default, downloaded on first use)",
+                       cfg.backbone)
     model = build_backbone(cfg.backbone, weights_path, seed=cfg.seed)
     attrs = store_attrs(cfg, model, weights_name=weights_name, weights_sha256=weights_sha256)
     scope = shard_rows(dataset.num_images, cfg.shard)

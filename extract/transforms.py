@@ -1,10 +1,12 @@
-"""Paper preprocessing: resize to 256x256, 224 crops (center or TenCrop), ImageNet normalisation."""
+"""Paper preprocessing: resize to 256x256, 224 crops (center or TenCrop), ImageNet normalisation; also the
+reference code's eval transform (shorter side 256, aspect kept, center 224) for its imported models."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from PIL import Image
 
+from common.choices import IMAGE_RESIZES
 from features.schema import CENTER_CROP_INDEX
 
 RESIZE = 256  # images are resized (aspect ratio not kept) to RESIZE x RESIZE, as in the VSE++ paper
@@ -84,8 +86,37 @@ def _square_array(image_chw: torch.Tensor) -> np.ndarray:
     return image_chw.numpy()
 
 
-def crop_image(image: Image.Image, crops: int) -> torch.Tensor:
-    """RGB PIL image (any size) -> uint8 [crops, 3, CROP, CROP] after the paper's 256x256 resize."""
+def resize_shorter_side(image: Image.Image, size: int = RESIZE) -> Image.Image:
+    """Resize an RGB PIL image so its shorter side is `size`, keeping the aspect ratio, PIL bilinear.
+
+    torchvision's ``Resize(size)`` on a PIL image (the reference code's eval transform): the longer side
+    becomes int(size * long / short), truncated, and an image already at that size is left as it is.
+    """
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    new_long = int(size * long / short)
+    new_size = (size, new_long) if width <= height else (new_long, size)
+    return image if new_size == image.size else image.resize(new_size, Image.Resampling.BILINEAR)
+
+
+def center_crop_keep_aspect(image: Image.Image, crop: int = CROP) -> torch.Tensor:
+    """RGB PIL image -> uint8 [1, 3, crop, crop]: ``Resize(256)`` then ``CenterCrop(crop)`` as torchvision does
+    (offsets int(round((side - crop) / 2)))."""
+    array = pil_to_uint8_tensor(resize_shorter_side(image)).numpy()
+    height, width = array.shape[1:]
+    top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+    return torch.from_numpy(_cut(array, [(top, left, crop, crop)]))
+
+
+def crop_image(image: Image.Image, crops: int, *, resize: str = "square") -> torch.Tensor:
+    """RGB PIL image (any size) -> uint8 [crops, 3, CROP, CROP] after the paper's 256x256 resize ("square"), or
+    the center crop of the aspect-keeping resize ("keep-aspect", one crop: the reference code's eval transform)."""
+    if resize not in IMAGE_RESIZES:
+        raise ValueError(f"unknown image resize {resize!r}; valid: {', '.join(IMAGE_RESIZES)}")
+    if resize == "keep-aspect":
+        if crops != 1:
+            raise ValueError(f"the keep-aspect resize gives one center crop, not {crops}; use crops=1")
+        return center_crop_keep_aspect(image)
     image_chw = pil_to_uint8_tensor(resize_image(image))
     if crops == 10:
         return ten_crop(image_chw)

@@ -1,22 +1,33 @@
-"""Find CNN weight files (torch hub cache, a path, or none) and hash them; never downloads."""
+"""Find CNN weight files (torch hub cache, a path, or none), download torchvision's on first use, hash them."""
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
 import re
+import sys
+import time
+import urllib.error
 from pathlib import Path
 
 import torch
 from torchvision.models import get_model_weights
 
-from extract.backbones import backbone_spec
+from extract.backbones import BACKBONES, backbone_spec
 
 logger = logging.getLogger(__name__)
 
 NO_WEIGHTS = "none"  # random init (seeded)
 DEFAULT_WEIGHTS = "default"  # torchvision's DEFAULT weights enum member for the backbone
 _HASH_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")  # torchvision file names embed a sha256 prefix
+# The switches that forbid downloads: this project's own, and the one the Hugging Face stack (timm, open_clip)
+# reads, which offline clusters usually set already.
+OFFLINE_VARIABLES = ("VSEPP_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def offline_from_environment() -> bool:
+    """True when an offline switch of OFFLINE_VARIABLES is set to a true value (1, true, yes, on)."""
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in OFFLINE_VARIABLES)
 
 
 def hub_checkpoint_dir() -> Path:
@@ -53,12 +64,51 @@ def is_weights_path(backbone: str, spec: str) -> bool:
     return spec not in (NO_WEIGHTS, DEFAULT_WEIGHTS) and spec not in get_model_weights(backbone).__members__
 
 
-def resolve_weights(backbone: str, spec: str) -> tuple[Path | None, str, str]:
+def torchvision_weights_url(file_name: str) -> str | None:
+    """torchvision's download URL of a weight file name (any weights of a backbone in the table), or None."""
+    for name in BACKBONES:
+        for member in get_model_weights(name):
+            if member.url.rsplit("/", 1)[-1] == file_name:
+                return member.url
+    return None
+
+
+def download_weights(file_name: str, url: str, *, offline: bool) -> Path:
+    """Fetch torchvision's ``file_name`` from ``url`` into the torch hub cache, as torchvision does on first use.
+
+    The download goes to a temporary file beside the target and is renamed only when complete and when its
+    sha256 starts with the prefix embedded in the file name (torch.hub.download_url_to_file). ``offline`` (or an
+    offline switch in the environment) forbids it: the error names the URL, the file and the folder to put it in.
+    """
+    folder = hub_checkpoint_dir()
+    target = folder / file_name
+    put_it = f"download {url} and put {file_name} into {str(folder)!r} (or set TORCH_HOME)"
+    if offline or offline_from_environment():
+        raise FileNotFoundError(f"weights file {file_name!r} is not in the torch hub cache and downloads are off "
+                                f"(--offline or {'/'.join(OFFLINE_VARIABLES)}): {put_it}, or pass --weights PATH")
+    match = _HASH_PREFIX.search(file_name)
+    logger.info("downloading %s from %s into %s (first use; later runs read the cached file)", file_name, url, folder)
+    started = time.monotonic()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=match.group(1) if match else None,
+                                       progress=sys.stderr.isatty())
+    except (urllib.error.URLError, OSError, RuntimeError, ValueError) as error:
+        reason = (f"HTTP {error.code} {error.reason}" if isinstance(error, urllib.error.HTTPError)
+                  else " ".join(str(getattr(error, "reason", "") or error).split())[:200])
+        raise FileNotFoundError(f"downloading {file_name!r} from {url} failed ({type(error).__name__}: {reason}); "
+                                f"{put_it}, or pass --weights PATH") from None
+    logger.info("downloaded %s (%.1f MB) in %.1f s", file_name, target.stat().st_size / 1e6,
+                time.monotonic() - started)
+    return target
+
+
+def resolve_weights(backbone: str, spec: str, *, offline: bool = False) -> tuple[Path | None, str, str]:
     """Turn a ``--weights`` value into (file path or None, weights name, sha256 hex or "").
 
     spec: ``"none"`` (random init), ``"default"`` or a torchvision enum name like ``"IMAGENET1K_V1"``
-    (the file torchvision would download, looked up in the torch hub cache), or a path to a state_dict.
-    Raises FileNotFoundError naming the expected file and where to put it; nothing is downloaded.
+    (torchvision's file, looked up in the torch hub cache and downloaded there on first use unless ``offline``),
+    or a path to a state_dict. Raises FileNotFoundError naming the expected file and where to put it.
     """
     if spec == NO_WEIGHTS:
         return None, NO_WEIGHTS, ""
@@ -73,11 +123,7 @@ def resolve_weights(backbone: str, spec: str) -> tuple[Path | None, str, str]:
     file_name = torchvision_weights_file(backbone, spec)
     path = hub_checkpoint_dir() / file_name
     if not path.is_file():
-        raise FileNotFoundError(
-            f"weights file {file_name!r} for {backbone} not found in {str(path.parent)!r} (torch hub cache; "
-            f"TORCH_HOME={os.environ.get('TORCH_HOME', '<unset, default ~/.cache/torch>')}). This program never "
-            f"downloads: copy {file_name} into that directory (or set TORCH_HOME), or pass --weights PATH, "
-            f"or --weights none for random init")
+        path = download_weights(file_name, torchvision_weights_url(file_name) or "", offline=offline)
     sha256 = sha256_of_file(path)
     _check_embedded_hash(path, sha256)
     return path, file_name, sha256

@@ -5,6 +5,8 @@ import os
 import h5py
 import numpy as np
 
+from features.schema import ORIGIN_EXTRACT
+
 STRING_DTYPE = h5py.string_dtype("utf-8")
 
 
@@ -46,3 +48,8 @@ def attr_to_python(value: object) -> object:
 def read_attrs(h5file: h5py.File) -> dict:
     """Return the root attributes of an open store as a dict of plain Python values."""
     return {key: attr_to_python(value) for key, value in h5file.attrs.items()}
+
+
+def store_origin(attrs: dict) -> str:
+    """Where a store's features come from: "import" or "extract" (also for stores older than the attribute)."""
+    return str(attrs.get("origin") or ORIGIN_EXTRACT)

@@ -188,7 +188,7 @@ def load_karpathy_json(path: str | Path) -> DatasetIndex:
     path = Path(path)
     _check_file(path, "dataset JSON")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))  # a byte-order mark is no part of the JSON
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err}); is this a Karpathy split JSON?") from err
     except json.JSONDecodeError as err:
@@ -234,37 +234,67 @@ def load_karpathy_json(path: str | Path) -> DatasetIndex:
 
 
 def load_tsv(path: str | Path) -> DatasetIndex:
-    """Load a TSV with one caption per row: `image_path<TAB>caption[<TAB>split]`, UTF-8.
+    """Load a TSV with one caption per row: `image_path<TAB>caption[<TAB>split]`, UTF-8 (a BOM is dropped).
 
     An optional first line `image_path<TAB>caption[<TAB>split]` is a header. Rows of the same image
     are grouped into one image (first-seen order). Without a split column every image gets a split
     from hash_split (train 90% / val 5% / test 5%); with one, all rows of an image must agree.
-    Blank lines are skipped; captions cannot contain tabs.
+    Blank lines are skipped; captions cannot contain tabs. Lines end at \n or \r\n only: a NEL (U+0085) or
+    a line separator (U+2028) inside a caption is part of its text.
     """
     path = Path(path)
     _check_file(path, "dataset TSV")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err}); save the TSV as UTF-8") from err
-
+    lines = _tsv_lines(path)
+    rows = _TsvRows(path)
     num_columns: int | None = None
-    row_of_path: dict[str, int] = {}
-    split_line: list[int] = []  # line number that set each image's split, for error messages
-    image_paths: list[str] = []
-    image_splits: list[str] = []
-    caption_texts: list[str] = []
-    caption_image_index: list[int] = []
     for line_number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         columns = line.split("\t")
-        where = f"{path}: line {line_number}"
-        if num_columns is None and tuple(column.strip() for column in columns) in (
-                TSV_HEADER_COLUMNS[:2], TSV_HEADER_COLUMNS):
+        if num_columns is None and _is_tsv_header(columns):
             num_columns = len(columns)
             continue
         num_columns = num_columns or len(columns)
+        rows.add(columns, line_number=line_number, num_columns=num_columns)
+    if num_columns == 2 and rows.image_paths:
+        _log_hash_split(path, rows.image_splits)
+    return _finish(image_paths=rows.image_paths, image_splits=rows.image_splits, caption_texts=rows.caption_texts,
+                   caption_tokens=None, caption_image_index=rows.caption_image_index, source=path)
+
+
+def _tsv_lines(path: Path) -> list[str]:
+    """The TSV's lines: UTF-8 without its byte-order mark, split at \n (a \r before it dropped) and nowhere else
+    (str.splitlines would also split at NEL, U+2028 and other separators a caption may hold)."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line} is not UTF-8 text ({err.reason} at byte {err.start}); save the TSV as "
+                         "UTF-8") from err
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
+def _is_tsv_header(columns: list[str]) -> bool:
+    """True for a header row: image_path, caption and optionally split (any case, spaces around ignored)."""
+    names = tuple(column.strip().lower() for column in columns)
+    return names in (TSV_HEADER_COLUMNS[:2], TSV_HEADER_COLUMNS)
+
+
+class _TsvRows:
+    """The images and captions of a TSV, row by row: one image per distinct path, its split checked per row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.row_of_path: dict[str, int] = {}
+        self.split_line: list[int] = []  # line number that set each image's split, for error messages
+        self.image_paths: list[str] = []
+        self.image_splits: list[str] = []
+        self.caption_texts: list[str] = []
+        self.caption_image_index: list[int] = []
+
+    def add(self, columns: list[str], *, line_number: int, num_columns: int) -> None:
+        """Add one row (its tab-separated columns); ValueError naming the line when it does not fit."""
+        where = f"{self.path}: line {line_number}"
         if len(columns) not in (2, 3):
             raise ValueError(f"{where}: expected 2 or 3 tab-separated columns (image_path<TAB>caption[<TAB>split]), "
                              f"found {len(columns)}; a caption must not contain a tab")
@@ -274,29 +304,34 @@ def load_tsv(path: str | Path) -> DatasetIndex:
         image_path, caption = columns[0].strip(), columns[1].strip()
         if not image_path or not caption:
             raise ValueError(f"{where}: empty {'image_path' if not image_path else 'caption'} column")
-        if image_path not in row_of_path:
-            split = columns[2].strip() if num_columns == 3 else hash_split(image_path)
-            validate_split_names([split], where=where)
-            row_of_path[image_path] = len(image_paths)
-            image_paths.append(image_path)
-            image_splits.append(split)
-            split_line.append(line_number)
-        row = row_of_path[image_path]
-        if num_columns == 3 and columns[2].strip() != image_splits[row]:
-            raise ValueError(f"{where}: image {image_path!r} has split {columns[2].strip()!r} but line "
-                             f"{split_line[row]} gave it {image_splits[row]!r}; one image needs one split")
-        caption_texts.append(caption)
-        caption_image_index.append(row)
-    if num_columns == 2 and image_paths:
-        logger.info("%s has no split column: splits assigned by sha1 of the image path "
-                    "(train 90%%, val 5%%, test 5%%)", path)
-        sizes = {split: image_splits.count(split) for split in ("val", "test")}
-        if min(sizes.values()) < MIN_EVAL_IMAGES:
-            logger.warning("%s: the hash split leaves %d val and %d test images (fewer than %d): recall on so few "
-                           "images is noisy; add a split column (image_path<TAB>caption<TAB>split) to choose them",
-                           path, sizes["val"], sizes["test"], MIN_EVAL_IMAGES)
-    return _finish(image_paths=image_paths, image_splits=image_splits, caption_texts=caption_texts,
-                   caption_tokens=None, caption_image_index=caption_image_index, source=path)
+        split = columns[2].strip() if num_columns == 3 else None
+        if image_path not in self.row_of_path:
+            self._add_image(image_path, split if split is not None else hash_split(image_path), where=where,
+                            line_number=line_number)
+        row = self.row_of_path[image_path]
+        if split is not None and split != self.image_splits[row]:
+            raise ValueError(f"{where}: image {image_path!r} has split {split!r} but line {self.split_line[row]} "
+                             f"gave it {self.image_splits[row]!r}; one image needs one split")
+        self.caption_texts.append(caption)
+        self.caption_image_index.append(row)
+
+    def _add_image(self, image_path: str, split: str, *, where: str, line_number: int) -> None:
+        validate_split_names([split], where=where)
+        self.row_of_path[image_path] = len(self.image_paths)
+        self.image_paths.append(image_path)
+        self.image_splits.append(split)
+        self.split_line.append(line_number)
+
+
+def _log_hash_split(path: Path, image_splits: list[str]) -> None:
+    """Say that splits came from the path hash, and warn when val or test is too small to compare runs on."""
+    logger.info("%s has no split column: splits assigned by sha1 of the image path "
+                "(train 90%%, val 5%%, test 5%%)", path)
+    sizes = {split: image_splits.count(split) for split in ("val", "test")}
+    if min(sizes.values()) < MIN_EVAL_IMAGES:
+        logger.warning("%s: the hash split leaves %d val and %d test images (fewer than %d): recall on so few "
+                       "images is noisy; add a split column (image_path<TAB>caption<TAB>split) to choose them",
+                       path, sizes["val"], sizes["test"], MIN_EVAL_IMAGES)
 
 
 def load_dataset(path: str | Path, fmt: str = "auto") -> DatasetIndex:
@@ -312,5 +347,5 @@ def load_dataset(path: str | Path, fmt: str = "auto") -> DatasetIndex:
             fmt = "tsv"
         else:
             raise ValueError(f"cannot tell the format of {str(path)!r} from its suffix {suffix!r}; "
-                             "name it .json (Karpathy split) or .tsv, or pass the format explicitly")
+                             "name it .json (Karpathy split) or .tsv, or pass --dataset-format karpathy or tsv")
     return load_karpathy_json(path) if fmt == "karpathy" else load_tsv(path)

@@ -12,7 +12,7 @@ import numpy as np
 from common.config import StageConfig
 from features.datasets import DatasetIndex
 from features.reader import FeatureStore
-from features.schema import CONFIG_ATTRS, Status, stored_kinds
+from features.schema import CONFIG_ATTRS, REGIONS_KIND, Status
 from features.store import DERIVED_ATTRS, FeatureStoreWriter
 
 logger = logging.getLogger(__name__)
@@ -21,9 +21,10 @@ MERGE_CHUNK_BYTES = 64 * 2**20  # features copied per read/write, bounding memor
 
 
 def _check_same_config(first: FeatureStore, shard: FeatureStore) -> None:
-    keys = CONFIG_ATTRS + ("feature_dim",)
-    differences = [f"{key}: {first.attrs.get(key)!r} vs {shard.attrs.get(key)!r}" for key in keys
-                   if first.attrs.get(key) != shard.attrs.get(key)]
+    keys = CONFIG_ATTRS + ("feature_dim", "regions", "amp")  # amp: extract --amp (absent before it was recorded)
+    first_attrs, shard_attrs = ({**store.attrs, "regions": store.regions} for store in (first, shard))  # old: no attr
+    differences = [f"{key}: {first_attrs.get(key)!r} vs {shard_attrs.get(key)!r}" for key in keys
+                   if first_attrs.get(key) != shard_attrs.get(key)]
     if differences:
         raise ValueError(f"{shard.path} was extracted with another config than {first.path} "
                          f"({'; '.join(differences)}); merge only the shards of one extract command")
@@ -59,15 +60,14 @@ def _dataset_of(store: FeatureStore) -> DatasetIndex:
 
 def _copy_rows(shard: FeatureStore, writer: FeatureStoreWriter, rows: np.ndarray, *, chunk_bytes: int) -> None:
     """Copy done rows (sorted) from `shard` to `writer`, at most about `chunk_bytes` of features at a time."""
-    kinds = stored_kinds(shard.crops)
-    sources = {kind: shard.features(kind) for kind in kinds}
+    sources = {kind: shard.features(kind) for kind in shard.feature_kinds}
     row_bytes = sum(int(np.prod(source.shape[1:])) * source.dtype.itemsize for source in sources.values())
     rows_per_chunk = max(1, chunk_bytes // row_bytes)
     for begin in range(0, len(rows), rows_per_chunk):
         chunk = rows[begin:begin + rows_per_chunk]
         # Sorted indices: required by the h5py fallback, and cheap for a memmap.
         values = {kind: np.asarray(source[chunk]) for kind, source in sources.items()}
-        writer.write_rows(chunk, values["1c"], values.get("10c"))
+        writer.write_rows(chunk, values.get("1c"), values.get("10c"), regions=values.get(REGIONS_KIND))
 
 
 def merge_stores(shard_paths: Sequence[str | Path], out_path: str | Path, *, overwrite: bool = False,
@@ -116,7 +116,7 @@ def merge_stores(shard_paths: Sequence[str | Path], out_path: str | Path, *, ove
 def _merge_into(shards: list[FeatureStore], path: Path, *, attrs: dict, chunk_bytes: int) -> dict[str, int]:
     first = shards[0]
     writer = FeatureStoreWriter.create(path, _dataset_of(first), attrs=attrs, feature_dim=first.feature_dim,
-                                       crops=first.crops, dtype=first.dtype)
+                                       crops=first.crops, dtype=first.dtype, regions=first.regions)
     with writer:
         taken = np.zeros(first.num_images, dtype=bool)
         num_duplicates = 0

@@ -15,7 +15,7 @@ from features.disk import in_use_error, is_lock_error
 from features.rows import FeatureRows
 from features.schema import (
     CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS,
-    IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, SCHEMA_VERSION, TEN_CROP_ORDER, Status,
+    IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, REGIONS_KIND, SCHEMA_VERSION, TEN_CROP_ORDER, Status,
     feature_dataset_name, stored_kinds,
 )
 
@@ -29,8 +29,14 @@ class StoreLayout:
     num_images: int  # N
     num_captions: int  # M
     feature_dim: int  # D
-    crops: int  # 1 or 10
+    crops: int  # 1 or 10; 0 in a region store
     dtype: str  # "float32" or "float16"
+    regions: int = 0  # K vectors per image in a region store; 0 in a CNN store
+
+    @property
+    def feature_kinds(self) -> tuple[str, ...]:
+        """The kinds this store holds: ("1c",), ("1c", "10c") or ("regions",)."""
+        return stored_kinds(self.crops, self.regions)
 
 
 def _require_dataset(h5file: h5py.File, name: str, path: Path, *, length: int | None = None) -> h5py.Dataset:
@@ -57,9 +63,12 @@ def validate_layout(h5file: h5py.File, path: Path) -> StoreLayout:
     if missing:
         raise ValueError(f"{path}: root attributes {missing} are missing; re-extract the store (pass --overwrite)")
     crops, dtype, feature_dim = (attr_to_python(h5file.attrs[key]) for key in ("crops", "dtype", "feature_dim"))
-    if crops not in CROP_COUNTS or dtype not in FEATURE_DTYPES:
-        raise ValueError(f"{path}: attrs crops={crops!r} dtype={dtype!r} are invalid (crops in {CROP_COUNTS}, "
-                         f"dtype in {FEATURE_DTYPES}); re-extract the store (pass --overwrite)")
+    regions = attr_to_python(h5file.attrs.get("regions", 0))  # stores written before region stores lack it
+    valid_sizes = (crops == 0 and isinstance(regions, int) and regions >= 1) or (crops in CROP_COUNTS and regions == 0)
+    if not valid_sizes or dtype not in FEATURE_DTYPES:
+        raise ValueError(f"{path}: attrs crops={crops!r} regions={regions!r} dtype={dtype!r} are invalid (crops in "
+                         f"{CROP_COUNTS} with regions 0, or crops 0 with regions >= 1; dtype in {FEATURE_DTYPES}); "
+                         "re-extract the store (pass --overwrite)")
     num_images = _require_dataset(h5file, IMAGES_PATH, path).shape[0]
     for name in (IMAGES_SPLIT, IMAGES_STATUS, IMAGES_ERROR):
         _require_dataset(h5file, name, path, length=num_images)
@@ -68,14 +77,24 @@ def validate_layout(h5file: h5py.File, path: Path) -> StoreLayout:
         _require_dataset(h5file, name, path, length=num_captions)
     if CAPTIONS_TOKENS in h5file:
         _require_dataset(h5file, CAPTIONS_TOKENS, path, length=num_captions)
-    kinds = {"1c": (num_images, feature_dim), "10c": (num_images, len(TEN_CROP_ORDER), feature_dim)}
-    for kind in stored_kinds(crops):
+    kinds = {"1c": (num_images, feature_dim), "10c": (num_images, len(TEN_CROP_ORDER), feature_dim),
+             REGIONS_KIND: (num_images, regions, feature_dim)}
+    for kind in stored_kinds(crops, regions):
         dataset = _require_dataset(h5file, feature_dataset_name(kind), path)
         if dataset.shape != kinds[kind] or dataset.dtype != np.dtype(dtype):
             raise ValueError(f"{path}: {feature_dataset_name(kind)!r} is {dataset.dtype} {dataset.shape}, attrs say "
                              f"{dtype} {kinds[kind]}; the store is inconsistent, re-extract it (pass --overwrite)")
     return StoreLayout(num_images=num_images, num_captions=num_captions, feature_dim=int(feature_dim),
-                       crops=int(crops), dtype=dtype)
+                       crops=int(crops), dtype=dtype, regions=int(regions))
+
+
+def missing_kind_fix(kind: str, *, regions: int) -> str:
+    """What to do when a store (of `regions` K, 0 for a CNN store) lacks the feature kind `kind`."""
+    if kind == REGIONS_KIND:
+        return "region features come from `pipeline.py import-features` (e.g. SCAN/BUTD [N, K, D] arrays)"
+    if regions:
+        return "a region store holds no crop features: use its 'regions' (--feature-mode regions)"
+    return "use '1c', or re-extract with --crops 10"
 
 
 def _strings(dataset: h5py.Dataset) -> np.ndarray:
@@ -125,6 +144,7 @@ class FeatureStore:
         self.attrs: dict = read_attrs(self._file)
         self.num_images, self.num_captions = layout.num_images, layout.num_captions
         self.feature_dim, self.crops, self.dtype = layout.feature_dim, layout.crops, layout.dtype
+        self.regions, self.feature_kinds = layout.regions, layout.feature_kinds
         self.image_paths = _strings(self._file[IMAGES_PATH])
         self.image_splits = _strings(self._file[IMAGES_SPLIT])
         self.image_status = self._file[IMAGES_STATUS][()].astype(np.uint8)
@@ -146,7 +166,7 @@ class FeatureStore:
                              "re-extract the store (pass --overwrite)")
 
     def features(self, kind: str) -> np.ndarray | h5py.Dataset:
-        """Return "1c" [N, D] or "10c" [N, 10, D] features without reading them into RAM.
+        """Return "1c" [N, D], "10c" [N, 10, D] or "regions" [N, K, D] features without reading them into RAM.
 
         A np.memmap (mode "r") when the dataset is contiguous, as this package writes it. A chunked or
         compressed store made elsewhere gives the h5py Dataset instead (logged as a warning): it
@@ -155,9 +175,9 @@ class FeatureStore:
         if kind in self._features:
             return self._features[kind]
         name = feature_dataset_name(kind)
-        if kind == "10c" and self.crops != 10:
-            raise ValueError(f"{self.path} has no 10c features (extracted with crops={self.crops}); "
-                             "use '1c' or re-extract with --crops 10")
+        if kind not in self.feature_kinds:
+            raise ValueError(f"{self.path} has no {kind!r} features: it holds {', '.join(self.feature_kinds)} "
+                             f"({self.describe()}); {missing_kind_fix(kind, regions=self.regions)}")
         dataset = self._file[name]
         offset = dataset.id.get_offset()
         if offset is None or dataset.chunks is not None:
@@ -185,6 +205,12 @@ class FeatureStore:
         self._rows[kind] = FeatureRows(self.path, offset=features.offset, shape=features.shape,
                                        dtype=features.dtype)
         return self._rows[kind]
+
+    def describe(self) -> str:
+        """What the store holds, in words: "10 crops" / "1 crop" / "36 regions" per image."""
+        if self.regions:
+            return f"a region store, {self.regions} regions per image"
+        return f"a CNN store, {self.crops} crop{'s' if self.crops > 1 else ''} per image"
 
     def image_indices(self, splits: Sequence[str] | str) -> np.ndarray:
         """Sorted int64 rows of images in `splits` whose features are done (failed/pending excluded)."""

@@ -1,8 +1,11 @@
-"""Batch reads of feature rows with pread, so memory stays one batch whatever the size of the store."""
+"""Feature rows on disk: their byte ranges, and batch reads with pread (memory one batch, whatever the store's size)."""
 
 import os
 
+import h5py
 import numpy as np
+
+from features.schema import FEATURE_KINDS, feature_dataset_name
 
 
 def contiguous_runs(rows: np.ndarray) -> list[tuple[int, int]]:
@@ -13,6 +16,22 @@ def contiguous_runs(rows: np.ndarray) -> list[tuple[int, int]]:
     starts = np.concatenate(([0], breaks))
     ends = np.concatenate((breaks, [len(rows)]))
     return list(zip(starts.tolist(), ends.tolist()))
+
+
+def feature_ranges(h5file: h5py.File, rows: np.ndarray) -> list[tuple[int, int]]:
+    """(file offset, length) of the feature bytes of `rows` (sorted), one range per run of consecutive rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    ranges = []
+    for kind in FEATURE_KINDS:
+        name = feature_dataset_name(kind)
+        if name not in h5file:
+            continue
+        dataset = h5file[name]
+        row_bytes = int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize
+        offset = dataset.id.get_offset()
+        ranges += [(offset + int(rows[begin]) * row_bytes, (end - begin) * row_bytes)
+                   for begin, end in contiguous_runs(rows)]
+    return ranges
 
 
 class FeatureRows:

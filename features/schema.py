@@ -15,7 +15,10 @@ CAPTIONS_IMAGE_INDEX = "captions/image_index"  # int64 [M], caption -> image row
 CAPTIONS_SPLIT = "captions/split"  # str [M], the split of the caption's image
 FEATURES_GROUP = "features"
 
-FEATURE_KINDS = ("1c", "10c")  # "1c": [N, D] center crop; "10c": [N, 10, D] all ten crops
+# "1c": [N, D] center crop; "10c": [N, 10, D] all ten crops; "regions": [N, K, D], K vectors per image (e.g.
+# bottom-up-attention regions), K fixed per store. A CNN store holds 1c (and 10c); a region store only regions.
+FEATURE_KINDS = ("1c", "10c", "regions")
+REGIONS_KIND = "regions"
 
 # torchvision TenCrop order; "1c" equals "10c"[:, TEN_CROP_ORDER.index("center")].
 TEN_CROP_ORDER = (
@@ -39,17 +42,27 @@ CNN_ATTRS = ("backbone", "layer", "weights_name", "weights_sha256", "weights_see
 # them (the images moved, or the first run named the wrong --image-root), and the store records the new ones.
 PROVENANCE_ATTRS = ("image_root", "dataset_path")
 
+# Where a store's features come from: "extract" (extract/'s CNN over the images) or "import" (released features,
+# `pipeline.py import-features`, made by no CNN this project can rebuild). A store without the attribute was
+# extracted (attrs.store_origin). An imported store records its source files (absolute paths), their sha256 in the
+# same order and the layout detected, in words; resuming an import requires the same values.
+ORIGIN_EXTRACT, ORIGIN_IMPORT = "extract", "import"
+IMPORT_ATTRS = ("origin", "source_files", "source_sha256", "source_layout")
+
 # Every root attribute a store carries (CONFIG_ATTRS included). The writer fills schema_version,
 # crops, dtype, feature_dim itself and, when absent, created, h5py_version and shard.
 ROOT_ATTRS = CONFIG_ATTRS + (
     "schema_version", "feature_dim", "torch_version", "torchvision_version", "h5py_version",
-    "created", "command", "image_root", "dataset_path", "shard",
-)
+    "created", "command", "image_root", "dataset_path", "shard", "regions",
+    "amp",  # the CNN's autocast (extract --amp); a resume keeps it (extract/run.py), absent = "none"
+) + IMPORT_ATTRS
 
 
-def stored_kinds(crops: int) -> tuple[str, ...]:
-    """The feature kinds a store of `crops` crops holds: ("1c",) or ("1c", "10c")."""
-    return FEATURE_KINDS if crops == len(TEN_CROP_ORDER) else ("1c",)
+def stored_kinds(crops: int, regions: int = 0) -> tuple[str, ...]:
+    """The feature kinds a store holds: ("regions",) with `regions` K >= 1, else ("1c",) or ("1c", "10c")."""
+    if regions:
+        return (REGIONS_KIND,)
+    return ("1c", "10c") if crops == len(TEN_CROP_ORDER) else ("1c",)
 
 
 def feature_dataset_name(kind: str) -> str:

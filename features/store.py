@@ -16,32 +16,34 @@ from features.disk import (
 )
 from features.attrs import STRING_DTYPE, attr_to_hdf5, normalize_attr, read_attrs
 from features.reader import status_summary, validate_layout
-from features.rows import contiguous_runs
+from features.rows import contiguous_runs, feature_ranges
 from features.schema import (
-    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CONFIG_ATTRS, FEATURE_KINDS, PROVENANCE_ATTRS,
-    FEATURES_GROUP, IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, SCHEMA_VERSION,
-    TEN_CROP_ORDER, Status, feature_dataset_name,
+    CAPTIONS_IMAGE_INDEX, CAPTIONS_SPLIT, CAPTIONS_TEXT, CAPTIONS_TOKENS, CONFIG_ATTRS, PROVENANCE_ATTRS,
+    FEATURES_GROUP, IMAGES_ERROR, IMAGES_PATH, IMAGES_SPLIT, IMAGES_STATUS, REGIONS_KIND, SCHEMA_VERSION,
+    TEN_CROP_ORDER, Status, feature_dataset_name, stored_kinds,
 )
 
 logger = logging.getLogger(__name__)
 
 # Attributes the writer derives itself; callers must give the rest of CONFIG_ATTRS.
-DERIVED_ATTRS = ("schema_version", "crops", "dtype", "feature_dim")
+DERIVED_ATTRS = ("schema_version", "crops", "dtype", "feature_dim", "regions")
 FIX_HINT = "pass --overwrite to replace it, or use another --out"
 
 
-def store_bytes(dataset: DatasetIndex, *, feature_dim: int, crops: int, dtype: str, rows: int | None = None) -> int:
+def store_bytes(dataset: DatasetIndex, *, feature_dim: int, crops: int, dtype: str, rows: int | None = None,
+                regions: int = 0) -> int:
     """About the disk a new store takes: the features of `rows` images (default all) plus the tables (strings
     at their UTF-8 length)."""
     rows = dataset.num_images if rows is None else rows
-    rows = rows * (1 + (crops if crops == len(TEN_CROP_ORDER) else 0))
+    rows = rows * (regions or 1 + (crops if crops == len(TEN_CROP_ORDER) else 0))
     features = rows * feature_dim * np.dtype(dtype).itemsize
     text = sum(len(item.encode("utf-8")) + 16 for item in dataset.image_paths + dataset.caption_texts)
     return features + text + 32 * (dataset.num_images + dataset.num_captions) + (1 << 20)  # 1 MB of metadata
 
 
-def _root_attrs(attrs: dict, *, feature_dim: int, crops: int, dtype: str) -> dict:
-    derived = {"schema_version": SCHEMA_VERSION, "crops": crops, "dtype": dtype, "feature_dim": feature_dim}
+def _root_attrs(attrs: dict, *, feature_dim: int, crops: int, dtype: str, regions: int) -> dict:
+    derived = {"schema_version": SCHEMA_VERSION, "crops": crops, "dtype": dtype, "feature_dim": feature_dim,
+               "regions": regions}
     for key, value in derived.items():
         if key in attrs and normalize_attr(key, attrs[key]) != value:
             raise ValueError(f"attrs[{key!r}] = {attrs[key]!r} contradicts {key}={value!r}; drop it from attrs")
@@ -53,6 +55,19 @@ def _root_attrs(attrs: dict, *, feature_dim: int, crops: int, dtype: str) -> dic
     root.update(attrs)
     root.update(derived)
     return {key: attr_to_hdf5(key, value) for key, value in root.items()}
+
+
+def _check_sizes(*, crops: int, regions: int, dtype: str, feature_dim: int) -> None:
+    if not isinstance(regions, (int, np.integer)) or regions < 0:
+        raise ValueError(f"regions={regions!r} must be an integer >= 1 (a region store) or 0 (a CNN store)")
+    if regions and crops != 0:
+        raise ValueError(f"crops={crops!r} with regions={regions}: a region store holds no crops; pass crops=0")
+    if not regions and crops not in CROP_COUNTS:
+        raise ValueError(f"crops={crops!r} is not supported; use one of {CROP_COUNTS}, or crops=0 with regions=K")
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {FEATURE_DTYPES}")
+    if not isinstance(feature_dim, (int, np.integer)) or feature_dim <= 0:
+        raise ValueError(f"feature_dim={feature_dim!r} must be a positive integer")
 
 
 def _check_dataset_index(dataset: DatasetIndex) -> None:
@@ -71,22 +86,6 @@ def _check_dataset_index(dataset: DatasetIndex) -> None:
             if any(" " in token for token in tokens):
                 raise ValueError(f"caption {number}: tokens {tokens!r:.80} contain a space; "
                                  "tokens are stored space-joined, split them first")
-
-
-def feature_ranges(h5file: h5py.File, rows: np.ndarray) -> list[tuple[int, int]]:
-    """(file offset, length) of the feature bytes of `rows` (sorted), one range per run of consecutive rows."""
-    rows = np.asarray(rows, dtype=np.int64)
-    ranges = []
-    for kind in FEATURE_KINDS:
-        name = feature_dataset_name(kind)
-        if name not in h5file:
-            continue
-        dataset = h5file[name]
-        row_bytes = int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize
-        offset = dataset.id.get_offset()
-        ranges += [(offset + int(rows[begin]) * row_bytes, (end - begin) * row_bytes)
-                   for begin, end in contiguous_runs(rows)]
-    return ranges
 
 
 def _create_contiguous(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) -> None:
@@ -142,12 +141,14 @@ class FeatureStoreWriter:
         layout = validate_layout(h5file, path)
         self.num_images, self.feature_dim, self.crops, self.dtype = (
             layout.num_images, layout.feature_dim, layout.crops, layout.dtype)
+        self.regions, self.feature_kinds = layout.regions, layout.feature_kinds
         self.attrs: dict = read_attrs(h5file)
         self._status = h5file[IMAGES_STATUS][()].astype(np.uint8)
 
     @classmethod
     def create(cls, path: str | Path, dataset: DatasetIndex, *, attrs: dict, feature_dim: int, crops: int,
-               dtype: str, replace: bool = True, rows: np.ndarray | None = None) -> "FeatureStoreWriter":
+               dtype: str, replace: bool = True, rows: np.ndarray | None = None,
+               regions: int = 0) -> "FeatureStoreWriter":
         """Create a store with every row pending, replacing any file at `path` (unless `replace` is False).
 
         The file is built at `path + ".partial"` under an exclusive lock and renamed only once its tables and
@@ -156,31 +157,29 @@ class FeatureStoreWriter:
         process holds open is never replaced (StoreInUseError). The disk space of the whole store is checked
         first and then allocated (StoreSpaceError when short): of every row, or only of `rows` (a shard's
         store, whose other rows stay unwritten holes on disk). `attrs` must hold every CONFIG_ATTRS key except
-        crops and dtype; see schema.ROOT_ATTRS.
+        crops and dtype; see schema.ROOT_ATTRS. A CNN store has crops 1 or 10 (features 1c, and 10c with 10);
+        a region store has crops=0 and regions=K >= 1 (features regions [N, K, D] only).
         """
         path = Path(path)
-        if crops not in CROP_COUNTS:
-            raise ValueError(f"crops={crops!r} is not supported; use one of {CROP_COUNTS}")
-        if dtype not in FEATURE_DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not supported; use one of {FEATURE_DTYPES}")
-        if not isinstance(feature_dim, (int, np.integer)) or feature_dim <= 0:
-            raise ValueError(f"feature_dim={feature_dim!r} must be a positive integer")
+        _check_sizes(crops=crops, regions=regions, dtype=dtype, feature_dim=feature_dim)
         if not path.parent.is_dir():
             raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist; create it first")
-        root_attrs = _root_attrs(attrs, feature_dim=int(feature_dim), crops=crops, dtype=dtype)
+        root_attrs = _root_attrs(attrs, feature_dim=int(feature_dim), crops=crops, dtype=dtype, regions=int(regions))
         _check_dataset_index(dataset)
         _check_replaceable(path, replace=replace)
         check_free_space(path, store_bytes(dataset, feature_dim=int(feature_dim), crops=crops, dtype=dtype,
-                                           rows=None if rows is None else len(rows)), what="the store")
+                                           rows=None if rows is None else len(rows), regions=int(regions)),
+                         what="the store")
         partial = path.with_name(path.name + ".partial")
         with locked_partial(partial) as descriptor:
             with h5py.File(partial, "w", locking=False) as h5file:  # locked_partial's lock stands in for HDF5's
                 _write_tables(h5file, dataset)
                 group = h5file.create_group(FEATURES_GROUP)
                 num_images = len(dataset.image_paths)
-                _create_contiguous(group, "1c", (num_images, feature_dim), dtype)
-                if crops == len(TEN_CROP_ORDER):
-                    _create_contiguous(group, "10c", (num_images, crops, feature_dim), dtype)
+                shapes = {"1c": (num_images, feature_dim), "10c": (num_images, crops, feature_dim),
+                          REGIONS_KIND: (num_images, regions, feature_dim)}
+                for kind in stored_kinds(crops, regions):
+                    _create_contiguous(group, kind, shapes[kind], dtype)
                 h5file.attrs.update(root_attrs)
                 ranges = None if rows is None else feature_ranges(h5file, rows)
             reserve_space(descriptor, partial, ranges)
@@ -188,8 +187,8 @@ class FeatureStoreWriter:
             if path.exists():
                 logger.warning("replacing the existing file %s", path)
             os.replace(partial, path)
-        logger.info("created %s: %d images, %d captions, crops=%d, dim=%d, %s", path, len(dataset.image_paths),
-                    len(dataset.caption_texts), crops, feature_dim, dtype)
+        logger.info("created %s: %d images, %d captions, crops=%d, regions=%d, dim=%d, %s", path,
+                    len(dataset.image_paths), len(dataset.caption_texts), crops, regions, feature_dim, dtype)
         return cls(h5py.File(path, "r+"), path)
 
     @classmethod
@@ -315,22 +314,25 @@ class FeatureStoreWriter:
                              "check the model (float16 overflows above 65504)")
         return feats
 
-    def write_rows(self, indices: np.ndarray, feats_1c: np.ndarray, feats_10c: np.ndarray | None) -> None:
-        """Write features of `indices` ([K] rows, any order) and mark them done.
+    def write_rows(self, indices: np.ndarray, feats_1c: np.ndarray | None, feats_10c: np.ndarray | None, *,
+                   regions: np.ndarray | None = None) -> None:
+        """Write features of `indices` ([n] rows, any order) and mark them done.
 
-        feats_1c is [K, D]; feats_10c is [K, 10, D] when the store has crops=10 and must be None
-        otherwise. Features are written and flushed before the statuses, so a crash in between
-        leaves those rows pending, never done with garbage.
+        A CNN store takes feats_1c [n, D] and, with crops=10, feats_10c [n, 10, D] (None otherwise); a region
+        store takes only `regions` [n, K, D] (feats_1c and feats_10c None). Features are written and flushed
+        before the statuses, so a crash in between leaves those rows pending, never done with garbage.
         """
-        rows, order = self._sorted_rows(indices, len(feats_1c), "feature rows")
-        arrays = {"1c": self._check_features(feats_1c, "feats_1c", (len(rows), self.feature_dim))[order]}
-        if self.crops == len(TEN_CROP_ORDER):
-            if feats_10c is None:
-                raise ValueError(f"{self.path} stores 10 crops: pass feats_10c of shape [K, 10, D]")
-            arrays["10c"] = self._check_features(feats_10c, "feats_10c",
-                                                 (len(rows), self.crops, self.feature_dim))[order]
-        elif feats_10c is not None:
-            raise ValueError(f"{self.path} stores only the center crop (crops=1): pass feats_10c=None")
+        given = {"1c": feats_1c, "10c": feats_10c, REGIONS_KIND: regions}
+        names = {"1c": "feats_1c", "10c": "feats_10c", REGIONS_KIND: "regions"}
+        shapes = {"1c": (self.feature_dim,), "10c": (self.crops, self.feature_dim),
+                  REGIONS_KIND: (self.regions, self.feature_dim)}
+        for kind, values in given.items():
+            if (values is None) == (kind in self.feature_kinds):
+                fix = f"{names[kind]}=None" if values is not None else f"{names[kind]} of shape {['n', *shapes[kind]]}"
+                raise ValueError(f"{self.path} holds {', '.join(self.feature_kinds)} features: pass {fix}")
+        rows, order = self._sorted_rows(indices, len(given[self.feature_kinds[0]]), "feature rows")
+        arrays = {kind: self._check_features(given[kind], names[kind], (len(rows),) + shapes[kind])[order]
+                  for kind in self.feature_kinds}
         runs = contiguous_runs(rows)
         for kind, values in arrays.items():
             dataset = self._file[feature_dataset_name(kind)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from common.choices import SPLITS
 from common.config import StageConfig
-from retrieval.encode import device_field
+from common.fields import device_field
 from train.run_dir import BEST
 
 REPORT_DIR = "report"  # inside the run folder

@@ -28,6 +28,7 @@ figure.beaten img { border-color: #c0392b; }
 ol.captions { margin: 4px 0; padding-left: 1.6em; } ol.captions li.right { color: #137a2c; font-weight: 600; }
 .score { font-variant-numeric: tabular-nums; color: #555; }
 .note { color: #555; font-size: 0.9em; max-width: 80ch; }
+bdi { unicode-bidi: isolate; }
 """
 
 
@@ -62,10 +63,10 @@ class ReportPage:
         nav = " ".join(f'<a href="#{key}">{escape(title)}</a>' for key, title, _ in sections)
         body = "\n".join(f'<section id="{key}"><h2>{escape(title)}</h2>\n{content}</section>'
                          for key, title, content in sections)
-        meta = "".join(f"<div>{escape(line)}</div>" for line in self.meta)
+        meta = "".join(f"<div>{_text(line)}</div>" for line in self.meta)
         return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(self.title)}</title>'
                 f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-                f"<style>{STYLE}</style></head>\n<body><h1>{escape(self.title)}</h1><div class=\"meta\">{meta}</div>"
+                f"<style>{STYLE}</style></head>\n<body><h1>{_text(self.title)}</h1><div class=\"meta\">{meta}</div>"
                 f"<nav>{nav}</nav>\n{body}\n</body></html>\n")
 
     # -- panels ------------------------------------------------------------------------------------
@@ -92,7 +93,7 @@ class ReportPage:
     def _config(self) -> str:
         if not self.config:
             return ""
-        rows = "".join(f"<tr><th>{escape(str(key))}</th><td>{escape(_value(value))}</td></tr>"
+        rows = "".join(f"<tr><th>{_text(str(key))}</th><td>{_text(_value(value))}</td></tr>"
                        for key, value in self.config.items())
         return f'<p class="note">The run\'s resolved config.json.</p><table>{rows}</table>'
 
@@ -127,11 +128,11 @@ class ReportPage:
             return ""
         keys = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "best_val_rsum", "seconds")
         head = "".join(f"<th>{key}</th>" for key in ("run", "loss", "image", "text") + keys)
-        rows = "".join("<tr>" + "".join(f"<td>{escape(str(row.get(key, '')))}</td>"
+        rows = "".join("<tr>" + "".join(f"<td>{_text(str(row.get(key, '')))}</td>"
                                         for key in ("name", "loss", "image_features", "text_pool"))
                        + "".join(f'<td class="num">{_number(row.get(key))}</td>' for key in keys) + "</tr>"
                        for row in self.ablation_rows)
-        return (f'<p class="note">From {escape(self.ablation_source)}: every run of the grid with one seed and budget, '
+        return (f'<p class="note">From {_text(self.ablation_source)}: every run of the grid with one seed and budget, '
                 "tested on its test split.</p>"
                 f'<img class="plot" src="{escape(self.ablation_png)}" alt="ablation bar chart"><table><tr>{head}</tr>'
                 f"{rows}</table>")
@@ -151,7 +152,7 @@ class ReportPage:
         if not any(hit.right for hit in example.hits):
             figures.append('<span class="sep">right image:</span>' + self._figure(
                 example.right_row, f"&#10003; rank {example.rank} &middot; {example.right_score:.3f}", "right"))
-        text = escape(self.caption_texts[example.query])
+        text = _text(self.caption_texts[example.query])
         shown = f"; {_beaten(len(example.hits), example.rank - 1, 'image')} beat it" if beaten else ""
         return (f'<div class="query"><span class="query-text">&ldquo;{text}&rdquo;</span>'
                 f'<span class="rank">right image at rank {example.rank}{shown}</span>'
@@ -161,15 +162,15 @@ class ReportPage:
         items = []
         for hit in example.hits:
             mark = "&#10003; " if hit.right else ""
-            items.append(f'<li class="{"right" if hit.right else ""}">{mark}{escape(self.caption_texts[hit.row])} '
+            items.append(f'<li class="{"right" if hit.right else ""}">{mark}{_text(self.caption_texts[hit.row])} '
                          f'<span class="score">{hit.score:.3f}</span></li>')
         own = ""
         if not any(hit.right for hit in example.hits):
             own = (f'<div>its best own caption, rank {example.rank}: <span class="score">{example.right_score:.3f}'
-                   f"</span> <b>&#10003; {escape(self.caption_texts[example.right_row])}</b></div>")
+                   f"</span> <b>&#10003; {_text(self.caption_texts[example.right_row])}</b></div>")
         heading = (f"{_beaten(len(example.hits), example.rank - 1, 'caption')} of other images beat its own" if beaten
                    else f"top {len(example.hits)} captions")
-        figure = self._figure(example.query, escape(self.image_labels[example.query]), "")
+        figure = self._figure(example.query, _text(self.image_labels[example.query]), "")
         return (f'<div class="query"><div class="row">{figure}'
                 f'<div><span class="rank">best own caption at rank {example.rank}; {heading}:</span>'
                 f'<ol class="captions">{"".join(items)}</ol>{own}</div></div></div>')
@@ -179,6 +180,12 @@ def _beaten(shown: int, total: int, noun: str) -> str:
     """"the 3 captions" / "the 5 best of the 12 captions" (those listed of those that ranked above the right one)."""
     nouns = noun if total == 1 else noun + "s"
     return f"{total} {nouns}" if shown == total else f"the {shown} best of the {total} {nouns}"
+
+
+def _text(value: str) -> str:
+    """A text of the data (caption, path, config value) escaped and isolated: a bidi override inside it (U+202E)
+    cannot reorder the score or text that follows it."""
+    return f"<bdi>{escape(value)}</bdi>"
 
 
 def _number(value: float | None) -> str:

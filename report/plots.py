@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from report.collect import Curves
 
@@ -33,8 +34,36 @@ def _finite(steps: list[float], values: list[float]) -> tuple[np.ndarray, np.nda
 # Training-line keys with a panel of their own: (title, y label); the loss's other logs get a generic panel.
 STEP_PANELS = {"loss": ("Training loss", "loss"), "lr": ("Learning rate (Adam)", "learning rate (log scale)"),
                "k": ("Group loss: hard negatives k", "k (hard negatives per query)"),
-               "logit_scale": ("InfoNCE: learned logit scale", "logit scale (1 / temperature)")}
-NOT_PLOTTED = ("step", "epoch", "steps_per_s")
+               "logit_scale": ("InfoNCE: learned logit scale", "logit scale (1 / temperature)"),
+               "grad_norm": ("Gradient norm before clipping", "gradient norm\n(mean of each logging window)")}
+# Not a panel: counters, timings, and the loss's window columns (drawn as the loss per caption)
+NOT_PLOTTED = ("step", "epoch", "steps_per_s", "data_s", "step_s", "loss_mean", "window_steps", "captions")
+FEW_POINTS = 20  # a curve of fewer points is drawn with markers (a single validation is a visible dot)
+
+
+def loss_curve(curves: Curves, *, summed_over: int | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(steps, loss per caption, y label) of the step lines, for a loss summed over its batch (`summed_over`, the
+    batch size) or a mean (None). Lines with `loss_mean` (the mean of the window's step losses), `window_steps` and
+    `captions` (captions trained in the window) give the window's loss per caption: loss_mean * window_steps /
+    captions for a summed loss, loss_mean for a mean. Older lines hold one step's `loss` only: loss / batch size.
+    Summed losses scale with the batch, and an epoch's short last batch would saw-tooth the curve."""
+    count = len(curves.step.get("step", []))
+
+    def column(key: str) -> np.ndarray:  # NaN where a line lacks the key
+        return np.asarray(curves.step.get(key, [math.nan] * count), dtype=float)
+
+    steps, loss_mean = column("step"), column("loss_mean")
+    windowed = loss_mean * column("window_steps") / column("captions") if summed_over else loss_mean
+    single = column("loss") / (summed_over or 1)
+    values = np.where(np.isfinite(windowed), windowed, single)
+    keep = np.isfinite(values)
+    if np.isfinite(windowed[keep]).all():
+        label = "loss per caption\n(mean of each logging window)"
+    elif np.isfinite(windowed).any():
+        label = "loss per caption\n(window means; one step's before)"
+    else:
+        label = "loss per caption\n(one step's, at each log line)"
+    return steps[keep], values[keep], label
 
 
 def training_panels(curves: Curves) -> list[str]:
@@ -47,12 +76,19 @@ def training_panels(curves: Curves) -> list[str]:
     return panels
 
 
-def plot_training(curves: Curves, path: Path, *, step_label: str, loss_labels: tuple[str, str],
+def plot_training(curves: Curves, path: Path, *, step_label: str, loss_title: str, summed_over: int | None,
                   markers: list[tuple[float, str]] = ()) -> Path | None:
-    """Loss (its title and y label given), learning rate, the loss's own logs, validation R@1/5/10 and rsum against
-    the step, with `markers`
-    (step, label) as vertical lines on every panel (e.g. the end of the SH warm-up); None when metrics.jsonl holds
-    nothing to plot."""
+    """training_figure saved to `path`; None when metrics.jsonl holds nothing to plot."""
+    figure = training_figure(curves, step_label=step_label, loss_title=loss_title, summed_over=summed_over,
+                             markers=markers)
+    return None if figure is None else _save(figure, path)
+
+
+def training_figure(curves: Curves, *, step_label: str, loss_title: str, summed_over: int | None,
+                    markers: list[tuple[float, str]] = ()) -> Figure | None:
+    """Loss per caption (loss_curve; its title given), learning rate, the loss's own logs, validation R@1/5/10 and
+    rsum against the step (integer ticks), with `markers` (step, label) as vertical lines on every panel (e.g. the
+    end of the SH warm-up); None when metrics.jsonl holds nothing to plot."""
     panels = training_panels(curves)
     if not panels:
         return None
@@ -64,6 +100,7 @@ def plot_training(curves: Curves, path: Path, *, step_label: str, loss_labels: t
         axes = figure.add_subplot(rows, columns, number, sharex=first)  # one step axis: a lone validation is placed
         first = first or axes
         axes.set_xlabel(step_label)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no tick at step 12.5
         axes.grid(alpha=0.3)
         for step, label in markers:
             axes.axvline(step, color="grey", linestyle="-.", linewidth=1, label=label)
@@ -71,17 +108,21 @@ def plot_training(curves: Curves, path: Path, *, step_label: str, loss_labels: t
             _plot_val_recall(axes, curves)
         elif name == "rsum":
             x, y = _finite(curves.val["step"], curves.val["rsum"])
-            axes.plot(x, y, marker="o", markersize=3, color="tab:purple", label="validation rsum")
+            axes.plot(x, y, marker="o", markersize=6 if len(x) < FEW_POINTS else 3, color="tab:purple",
+                      label="validation rsum")
             best = int(np.argmax(y))
             axes.plot([x[best]], [y[best]], "*", markersize=12, color="tab:red", label=f"best {y[best]:.1f}")
             axes.set_ylabel("rsum (sum of six R@K, %; max 600)")
             axes.set_title("Validation rsum (selects best.pt)")
         else:
-            x, y = _finite(curves.step["step"], curves.step[name])
             title, ylabel = STEP_PANELS.get(name, (f"Logged by the loss: {name}", name))
-            axes.plot(x, y, marker="o" if len(x) < 20 else None, markersize=3, color="tab:green", label=name)
             if name == "loss":
-                title, ylabel = loss_labels
+                x, y, ylabel = loss_curve(curves, summed_over=summed_over)
+                title = loss_title
+            else:
+                x, y = _finite(curves.step["step"], curves.step[name])
+            axes.plot(x, y, marker="o" if len(x) < FEW_POINTS else None, markersize=5, color="tab:green",
+                      label=name)
             axes.set_ylabel(ylabel)
             axes.set_title(title)
             spread = len(y) and (y > 0).all() and y.max() / y.min() > 20  # e.g. the SH sum, then MH's max
@@ -89,8 +130,11 @@ def plot_training(curves: Curves, path: Path, *, step_label: str, loss_labels: t
                 axes.set_yscale("log")
                 if name == "loss":
                     axes.set_ylabel(ylabel + ", log scale")
+        low, high = axes.get_xlim()
+        if high - low < 2:  # a lone step (one validation): whole-number ticks need a range of a few steps
+            axes.set_xlim((low + high) / 2 - 1, (low + high) / 2 + 1)
         axes.legend(fontsize=8, loc="best")
-    return _save(figure, path)
+    return figure
 
 
 def _plot_val_recall(axes, curves: Curves) -> None:
@@ -99,7 +143,8 @@ def _plot_val_recall(axes, curves: Curves) -> None:
             key = f"{direction}_{cutoff}"
             if key in curves.val:
                 x, y = _finite(curves.val["step"], curves.val[key])
-                axes.plot(x, y, style, marker="o", markersize=3, color=color, label=f"{direction} R@{cutoff[1:]}")
+                axes.plot(x, y, style, marker="o", markersize=6 if len(x) < FEW_POINTS else 3, color=color,
+                          label=f"{direction} R@{cutoff[1:]}")
     axes.set_ylabel("recall (%)")
     axes.set_ylim(0, 101)
     axes.set_title("Validation Recall@K (i2t blue, t2i orange)")
@@ -107,24 +152,46 @@ def _plot_val_recall(axes, curves: Curves) -> None:
 
 def plot_recall_at_k(path: Path, *, ks: np.ndarray, i2t: np.ndarray, t2i: np.ndarray, chance_i2t: np.ndarray,
                      chance_t2i: np.ndarray, title: str) -> Path:
-    """Recall@K for K = 1..max in both directions, with the recall of a random ranking."""
+    """recall_figure saved to `path`."""
+    return _save(recall_figure(ks=ks, i2t=i2t, t2i=t2i, chance_i2t=chance_i2t, chance_t2i=chance_t2i, title=title),
+                 path)
+
+
+def recall_figure(*, ks: np.ndarray, i2t: np.ndarray, t2i: np.ndarray, chance_i2t: np.ndarray,
+                  chance_t2i: np.ndarray, title: str) -> Figure:
+    """Recall@K for K = 1..max in both directions, with the recall of a random ranking. Each direction stops where
+    its chance curve reaches 100% (K = the gallery it ranks: the split's images for t2i, its captions less an
+    image's own for i2t): a longer line would be flat, as if larger K were measured."""
     figure = Figure(figsize=(9, 4.8), layout="constrained")
     axes = figure.add_subplot()
-    axes.plot(ks, i2t, color=I2T_COLOR, linewidth=2, label=I2T_LABEL)
-    axes.plot(ks, t2i, color=T2I_COLOR, linewidth=2, label=T2I_LABEL)
-    axes.plot(ks, chance_i2t, "--", color=I2T_COLOR, alpha=0.7, label="i2t chance (random ranking)")
-    axes.plot(ks, chance_t2i, "--", color=T2I_COLOR, alpha=0.7, label="t2i chance (random ranking)")
+    shown = {}
+    for name, recall, chance, color, label in (("i2t", i2t, chance_i2t, I2T_COLOR, I2T_LABEL),
+                                               ("t2i", t2i, chance_t2i, T2I_COLOR, T2I_LABEL)):
+        count = gallery_end(chance)
+        shown[name] = count
+        axes.plot(ks[:count], recall[:count], color=color, linewidth=2, label=label,
+                  marker="o" if count < FEW_POINTS else None, markersize=4)
+        axes.plot(ks[:count], chance[:count], "--", color=color, alpha=0.7, label=f"{name} chance (random ranking)")
+    last = ks[max(shown.values()) - 1]
     for k in (1, 5, 10):
-        if k <= ks[-1]:
+        if k <= last:
             axes.axvline(k, color="grey", linewidth=0.6, alpha=0.5)
     axes.set_xlabel("K (results looked at)")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("Recall@K (% of queries with a right answer in the top K)")
-    axes.set_xlim(1, ks[-1])
+    axes.set_xlim(1, max(last, 2))
     axes.set_ylim(0, 101)
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize=9)
-    return _save(figure, path)
+    return figure
+
+
+def gallery_end(chance: np.ndarray) -> int:
+    """How many K of a chance curve to draw: up to the first K where a random ranking finds every right answer
+    (100%), all of them when it never does."""
+    full = np.flatnonzero(np.asarray(chance) >= 100.0 - 1e-9)
+    return int(full[0]) + 1 if len(full) else len(chance)
 
 
 def plot_ablation(table: dict, path: Path, *, highlight: str = "") -> Path:

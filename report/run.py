@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,14 +29,18 @@ LOSS_NAMES = {"sh": "SH (sum of hinges)", "mh": "MH (max of hinges)", "group": "
               "infonce": "InfoNCE"}
 
 
-def loss_labels(config: dict) -> tuple[str, str]:
-    """(title, y label) of the loss curve: which loss, and how it reduces over the batch."""
+def loss_title(config: dict) -> str:
+    """The loss curve's title: which loss."""
     name = config.get("loss", "")
-    title = f"Training loss: {LOSS_NAMES.get(name, name or 'loss')}"
     if name == "mh" and config.get("warmup_epochs"):
-        title = f"Training loss: SH for {config['warmup_epochs']} epochs, then MH"
-    reduction = config.get("reduction", "sum") if name in ("sh", "mh") else "mean"
-    return title, f"loss ({reduction} over the batch)"
+        return f"Training loss: SH for {config['warmup_epochs']} epochs, then MH"
+    return f"Training loss: {LOSS_NAMES.get(name, name or 'loss')}"
+
+
+def summed_over(config: dict) -> int | None:
+    """The batch size a logged loss is summed over (SH/MH with reduction sum), None when it is a mean."""
+    summed = config.get("loss") in ("sh", "mh") and config.get("reduction", "sum") == "sum"
+    return int(config["batch_size"]) if summed and config.get("batch_size") else None
 
 
 def warmup_end(curves: Curves, config: dict) -> float | None:
@@ -54,9 +59,14 @@ def training_note(curves: Curves, config: dict) -> str:
     steps, vals = len(curves.step.get("step", [])), len(curves.val.get("step", []))
     note = (f"{steps} training line{'s' * (steps != 1)} (every {config.get('log_every', '?')} steps) and {vals} "
             f"validation{'s' * (vals != 1)}")
-    if vals:
-        best = int(np.nanargmax(curves.val["rsum"]))
-        note += f"; best validation rsum {curves.val['rsum'][best]:.1f} at step {int(curves.val['step'][best])}"
+    rsum = np.asarray(curves.val.get("rsum", ()), dtype=float)
+    if np.isfinite(rsum).any():
+        best = int(np.argmax(np.where(np.isfinite(rsum), rsum, -np.inf)))
+        note += f"; best validation rsum {rsum[best]:.1f} at step {int(curves.val['step'][best])}"
+    elif vals:
+        note += "; no validation rsum is a finite number"
+    if curves.skipped:
+        note += f"; {sum(curves.skipped.values())} unreadable line(s) of metrics.jsonl skipped (see the log)"
     return note + "."
 
 
@@ -105,8 +115,6 @@ def retrieval_panels(cfg: ReportConfig, page: ReportPage, out: Path) -> Thumbnai
 
 def run_report(cfg: ReportConfig) -> dict:
     """Write the report of cfg.run_dir (panels for what the folder holds); print and return where it is."""
-    from report.plots import plot_ablation, plot_training  # matplotlib, as in retrieval_panels
-
     cfg.validate()
     start = time.perf_counter()
     run_dir = cfg.run_path
@@ -119,7 +127,29 @@ def run_report(cfg: ReportConfig) -> dict:
         raise FileNotFoundError(f"no checkpoint at {cfg.checkpoint_path}: a report needs the run's model (pass "
                                 "--checkpoint RUN/last.pt for an unfinished run) or an ablation folder")
     out = cfg.out_path
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        index, thumbs = _write_report(cfg, out, run_dir, config, curves, ablation_path, highlight)
+    except BaseException:
+        if created:  # a report that failed leaves no folder behind (it held nothing before this run)
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    if thumbs is not None and thumbs.missing:
+        logger.warning("%d image(s) could not be read for thumbnails (is --image-root right?), e.g. %s",
+                       len(thumbs.missing), thumbs.missing[0])
+    seconds = time.perf_counter() - start
+    logger.info("report written in %.1f s", seconds)
+    print(f"report: {index} (open it in a browser)", flush=True)
+    return {"index": str(index), "seconds": seconds}
+
+
+def _write_report(cfg: ReportConfig, out: Path, run_dir: Path, config: dict, curves: Curves,
+                  ablation_path: Path | None, highlight: str) -> tuple[Path, Thumbnails | None]:
+    """The page's panels and index.html in `out`; (index.html, the thumbnails or None)."""
+    from report.plots import plot_ablation, plot_training  # matplotlib, as in retrieval_panels
+
+    has_model = cfg.checkpoint_path.is_file()
     page = ReportPage(title=f"Report: {run_dir}", config=config, image_labels=[], caption_texts=[],
                       thumb=lambda row: "", summary=[],
                       meta=[f"run folder: {run_dir.resolve()}",
@@ -129,19 +159,12 @@ def run_report(cfg: ReportConfig) -> dict:
         step_label = f"training step (batches of {config.get('batch_size', '?')} captions)"
         switch = warmup_end(curves, config)
         markers = [(switch, "end of the SH warm-up")] if switch else []
-        plotted = plot_training(curves, out / TRAINING_PNG, step_label=step_label, loss_labels=loss_labels(config),
-                                markers=markers)
+        plotted = plot_training(curves, out / TRAINING_PNG, step_label=step_label, loss_title=loss_title(config),
+                                summed_over=summed_over(config), markers=markers)
         page.training_png = TRAINING_PNG if plotted else None
     thumbs = retrieval_panels(cfg, page, out) if has_model else None
     if ablation_path is not None:
         table = read_ablation(ablation_path)
         page.ablation_png = plot_ablation(table, out / ABLATION_PNG, highlight=highlight).name
         page.ablation_rows, page.ablation_source = table["runs"], str(ablation_path)
-    index = atomic_write_text(out / INDEX, page.render())
-    if thumbs is not None and thumbs.missing:
-        logger.warning("%d image(s) could not be read for thumbnails (is --image-root right?), e.g. %s",
-                       len(thumbs.missing), thumbs.missing[0])
-    seconds = time.perf_counter() - start
-    logger.info("report written in %.1f s", seconds)
-    print(f"report: {index} (open it in a browser)", flush=True)
-    return {"index": str(index), "seconds": seconds}
+    return atomic_write_text(out / INDEX, page.render()), thumbs

@@ -17,11 +17,11 @@ from features.reader import FeatureStore
 from features.schema import CNN_ATTRS
 from retrieval.images import ImageInput, crop_batches
 from retrieval.model import LoadedModel, encode_store_split, load_model, weights_sha256
-from train.checkpoint import check_store_provenance
+from train.checkpoint import check_store_provenance, warn_about_data
 from train.encode import encode_token_lists
 from train.finetune.cnn import CNNBackbone, backbone_from_store
 from train.losses.similarity import similarity_function
-from train.text import tokenize
+from train.text import BASIC, tokenize
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class VSE:
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Sentences -> caption_emb [N, E]; an empty sentence (no word) is a ValueError naming it."""
-        token_lists = text_tokens(texts)
+        token_lists = text_tokens(texts, tokenizer=self.loaded.vocab.tokenizer)
         known = sum(token in self.loaded.vocab for tokens in token_lists for token in tokens)
         total = sum(len(tokens) for tokens in token_lists)
         if known < total:
@@ -107,14 +107,16 @@ class VSE:
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        """Image files or PIL images -> image_emb [N, E] (center crop of the 256x256 resize, as extract's 1C).
+        """Image files or PIL images -> image_emb [N, E] (center crop of the 256x256 resize, as extract's 1C; of
+        the aspect-keeping resize for an imported reference model: LoadedModel.image_resize).
 
         A missing file is a FileNotFoundError, a file that is not an image a ValueError naming it.
         """
         if isinstance(images, (str, Path)) or not len(images):
             raise ValueError("encode_images takes a non-empty list of image paths or PIL images")
         chunks = [self.encode_crops(crops)
-                  for crops in crop_batches(images, batch_size=self.batch_size, workers=self.workers)]
+                  for crops in crop_batches(images, batch_size=self.batch_size, workers=self.workers,
+                                            resize=self.loaded.image_resize)]
         return torch.cat(chunks)
 
     @torch.no_grad()
@@ -130,6 +132,10 @@ class VSE:
         """The CNN in front of the head: the model's own (finetune) or the store's, rebuilt (train)."""
         if self.loaded.has_cnn:
             return self.loaded.model.image_encoder.backbone
+        if self.loaded.config.feature_mode == "regions":
+            raise ValueError(f"{self.path} embeds region features (a detector's vectors per image, from a region "
+                             "store): no CNN turns a new image into them here; query by text, or search the store's "
+                             "own images")
         store_path = Path(self.store)
         if not store_path.is_file():
             raise FileNotFoundError(f"images need the CNN of the feature store {self.store!r} this train-stage model "
@@ -155,6 +161,7 @@ class VSE:
                      image_root: str | Path | None = None) -> SplitEmbeddings:
         """Every done image of a store split and its captions, embedded exactly as eval embeds them."""
         with FeatureStore(store or self.store) as opened:
+            warn_about_data(self.loaded.checkpoint, opened, splits=[split], source=str(self.path))
             image_emb, caption_emb, caption_image_index, image_rows = encode_store_split(
                 self.loaded, opened, split=split, image_root=image_root or "", batch_size=self.batch_size,
                 workers=self.workers, device=self.device)
@@ -177,15 +184,16 @@ class VSE:
                 "model_spec": dict(self.loaded.checkpoint["model_spec"])}
 
 
-def text_tokens(texts: Sequence[str]) -> list[list[str]]:
-    """Tokens of each sentence (train.text.tokenize); ValueError for a non-string or a sentence with no word."""
+def text_tokens(texts: Sequence[str], *, tokenizer: str = BASIC) -> list[list[str]]:
+    """Tokens of each sentence (train.text.tokenize with the model vocabulary's `tokenizer`); ValueError for a
+    non-string or a sentence with no word."""
     if isinstance(texts, str) or not len(texts):
         raise ValueError("give a non-empty list of sentences, e.g. ['a dog runs on the beach']")
     token_lists = []
     for number, text in enumerate(texts):
         if not isinstance(text, str):
             raise ValueError(f"sentence {number} is a {type(text).__name__}, not a string")
-        tokens = tokenize(text)
+        tokens = tokenize(text, tokenizer)
         if not tokens:
             raise ValueError(f"sentence {number} ({text!r}) is empty: a query needs at least one word")
         token_lists.append(tokens)

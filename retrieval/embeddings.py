@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from features.attrs import read_attrs
+from features.disk import StoreInUseError, in_use_error, is_lock_error
 from features.rows import contiguous_runs
 from features.schema import Status
 
@@ -39,7 +40,7 @@ FORMAT_VERSION = 1
 GROUPS = ("images", "captions")
 LABELS = {"images": "paths", "captions": "texts"}  # the strings each group's rows carry
 STRING_DTYPE = h5py.string_dtype("utf-8")
-IDENTITY_ATTRS = ("source", "model_sha256", "store", "split")  # a resumed file must agree on these
+IDENTITY_ATTRS = ("source", "model_sha256", "store", "split", "amp")  # a resumed file must agree on these
 READ_ROWS = 1 << 15  # rows per read when streaming a group (128 MiB at E = 1024; 2 topk gallery blocks)
 FIX_HINT = "pass --overwrite to replace it, or another --out"
 
@@ -54,6 +55,19 @@ class GroupTable:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def open_h5(path: Path, mode: str) -> h5py.File:
+    """h5py.File(path, mode); StoreInUseError when another process holds the file's lock (a running encode,
+    search or serve, or the loader workers a killed encode left behind)."""
+    try:
+        return h5py.File(path, mode)
+    except OSError as err:
+        if is_lock_error(err):
+            raise in_use_error(path, "an encode, search or serve has it open, or loader workers of a killed encode "
+                                     "still run", "wait for it or end that process (see `fuser -v FILE`), then rerun "
+                                     "the same command") from err
+        raise
 
 
 def _attr(value: object) -> object:
@@ -87,7 +101,7 @@ class EmbeddingsWriter(_H5Handle):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.file = h5py.File(path, "r+")
+        self.file = open_h5(path, "r+")
         self.status = {group: self.file[f"{group}/status"][()] for group in GROUPS if group in self.file}
 
     @classmethod
@@ -117,8 +131,9 @@ class EmbeddingsWriter(_H5Handle):
         """Reopen a file to resume it; ValueError unless it holds the same rows of the same model and input."""
         path = Path(path)
         with EmbeddingsFile(path) as existing:
-            differing = [f"{key}: file {existing.attrs.get(key)!r} vs now {_attr(attrs.get(key))!r}"
-                         for key in IDENTITY_ATTRS if existing.attrs.get(key) != _attr(attrs.get(key))]
+            # an attribute the file does not have is "" (create writes none for an input without a store)
+            differing = [f"{key}: file {_attr(existing.attrs.get(key))!r} vs now {_attr(attrs.get(key))!r}"
+                         for key in IDENTITY_ATTRS if _attr(existing.attrs.get(key)) != _attr(attrs.get(key))]
             if set(existing.groups) != set(tables):
                 differing.append(f"groups: file {existing.groups} vs now {sorted(tables)}")
             for group in set(existing.groups) & set(tables):
@@ -207,7 +222,9 @@ class EmbeddingsFile(_H5Handle):
         if not self.path.is_file():
             raise FileNotFoundError(f"no embeddings file at {str(self.path)!r}; write one with `pipeline.py encode`")
         try:
-            self.file = h5py.File(self.path, "r")
+            self.file = open_h5(self.path, "r")
+        except StoreInUseError:
+            raise
         except OSError as err:
             raise ValueError(f"{self.path} cannot be opened as HDF5 ({err}); is it an embeddings file?") from err
         self.attrs = read_attrs(self.file)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import itertools
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from common.choices import DEVICES, SPLITS
+from common.choices import AMP_MODES, SPLITS
 from common.config import StageConfig
+from common.device import autocast_context, check_amp
+from common.fields import device_field, image_root_field, weights_field
 from common.progress import Progress
 from extract.loader import ImageDataset, make_loader
 from features.datasets import validate_image_root
@@ -22,27 +24,11 @@ from features.reader import FeatureStore
 from retrieval.api import VSE, text_tokens
 from retrieval.embeddings import EmbeddingsWriter, GroupTable
 from retrieval.images import list_images
+from train.checkpoint import warn_about_data
 from train.encode import encode_store_images, encode_token_lists, split_rows
 from train.text import caption_tokens
 
 logger = logging.getLogger(__name__)
-
-
-def image_root_field() -> Any:
-    """The --image-root option of the stages that embed a store split (encode, search)."""
-    return field(default="", metadata={
-        "help": "raw images of --split for a fine-tuned checkpoint (default: the store's image_root attribute)"})
-
-
-def weights_field() -> Any:
-    """The --weights option of the stages that embed new images (encode, search)."""
-    return field(default="", metadata={
-        "help": "the store CNN's weight file when it is not in the torch hub cache (train-stage checkpoints)"})
-
-
-def device_field() -> Any:
-    """The --device option."""
-    return field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda", "choices": DEVICES})
 
 
 @dataclass
@@ -66,6 +52,9 @@ class EncodeConfig(StageConfig):
     batch_size: int = field(default=256, metadata={"help": "images or sentences per forward pass"})
     workers: int = field(default=2, metadata={"help": "image decoding worker processes (0 = in this process)"})
     device: str = device_field()
+    amp: str = field(default="none", metadata={
+        "help": "autocast of the model: bf16 or fp16 on cuda, bf16 on a CPU with native bf16 (AMX, AVX512-BF16); "
+                "embeddings are stored as float32 either way; a resume keeps it", "choices": AMP_MODES})
     overwrite: bool = field(default=False, metadata={
         "help": "replace an existing --out (also one of another model or input) instead of resuming it"})
     retry_failed: bool = field(default=False, metadata={"help": "also retry images an earlier run could not read"})
@@ -102,7 +91,8 @@ def read_sentences(path: str | Path) -> tuple[np.ndarray, list[str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no text file at {str(path)!r}")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    # lines end at \n only (strip() drops a \r): a NEL or U+2028 inside a sentence is text, as in a dataset TSV
+    lines = path.read_text(encoding="utf-8-sig").split("\n")
     numbers = [number for number, line in enumerate(lines, start=1) if line.strip()]
     if not numbers:
         raise ValueError(f"{path} holds no sentence (one per line)")
@@ -118,8 +108,10 @@ def split_tables(store: FeatureStore, split: str) -> dict[str, GroupTable]:
 
 
 def file_batches(vse: VSE, paths: list[str], rows: np.ndarray, cfg: EncodeConfig) -> Iterator[Encoded]:
-    """Images decoded in loader workers (extract's 1C), embedded by the model; unreadable ones reported."""
-    loader = make_loader(ImageDataset(rows.tolist(), [paths[row] for row in rows], crops=1),
+    """Images decoded in loader workers (extract's 1C, or the model's own resize), embedded by the model;
+    unreadable ones reported."""
+    loader = make_loader(ImageDataset(rows.tolist(), [paths[row] for row in rows], crops=1,
+                                      resize=vse.loaded.image_resize),
                          batch_size=cfg.batch_size, workers=cfg.workers, pin_memory=vse.device.type == "cuda")
     for batch in loader:
         embeddings = vse.encode_crops(batch.crops[:, 0]).numpy() if len(batch.indices) else None
@@ -151,6 +143,7 @@ def plan(cfg: EncodeConfig, vse: VSE) -> tuple[dict[str, GroupTable], dict, Feat
     if cfg.split:
         store = FeatureStore(cfg.store or vse.store)
         try:
+            warn_about_data(vse.loaded.checkpoint, store, splits=[cfg.split], source=str(cfg.checkpoint))
             image_root = ""
             if vse.loaded.has_cnn:
                 image_root = str(validate_image_root(cfg.image_root or vse.config.image_root
@@ -165,7 +158,7 @@ def plan(cfg: EncodeConfig, vse: VSE) -> tuple[dict[str, GroupTable], dict, Feat
         return ({"images": GroupTable(np.arange(len(paths), dtype=np.int64), paths)},
                 {"source": "images", "cnn": vse.cnn_provenance()}, None)
     numbers, sentences = read_sentences(cfg.texts)
-    text_tokens(sentences)  # an empty sentence fails here, before anything is written
+    text_tokens(sentences, tokenizer=vse.loaded.vocab.tokenizer)  # an empty sentence fails here, before writing
     return {"captions": GroupTable(numbers, sentences)}, {"source": "texts", "texts_file": str(cfg.texts)}, None
 
 
@@ -176,8 +169,9 @@ def batches_of(cfg: EncodeConfig, vse: VSE, writer: EmbeddingsWriter, tables: di
         rows = writer.pending_rows(group, retry_failed=cfg.retry_failed)
         logger.info("encoding %d of %d %s", len(rows), len(table), group)
         if group == "captions":
-            tokens = (caption_tokens(store, table.ids.tolist()) if store is not None  # the dataset's, as eval
-                      else text_tokens(table.labels))
+            tokenizer = vse.loaded.vocab.tokenizer
+            tokens = (caption_tokens(store, table.ids.tolist(), tokenizer=tokenizer) if store is not None  # as eval
+                      else text_tokens(table.labels, tokenizer=tokenizer))
             yield from caption_batches(vse, tokens, rows, cfg.batch_size)
         elif store is not None and not vse.loaded.has_cnn:
             yield from feature_batches(vse, store, table, rows, cfg.batch_size)
@@ -186,20 +180,26 @@ def batches_of(cfg: EncodeConfig, vse: VSE, writer: EmbeddingsWriter, tables: di
 
 
 def run_encode(cfg: EncodeConfig) -> dict:
-    """Embed cfg's input into cfg.out (created atomically, resumed when it exists); return counts per group."""
+    """Embed cfg's input into cfg.out (created atomically, resumed when it exists; its folder created first, as
+    train creates its run folder); return counts per group."""
     cfg.validate()
+    out_folder = Path(cfg.out).resolve().parent
+    if not out_folder.is_dir():  # before the model loads: a missing folder is not an error found minutes later
+        out_folder.mkdir(parents=True)
+        logger.info("created the output folder %s", out_folder)
     vse = VSE.load(cfg.checkpoint, device=cfg.device, store=cfg.store or None, weights=cfg.weights or None,
                    batch_size=cfg.batch_size, workers=cfg.workers)
+    check_amp(vse.device, cfg.amp)
     tables, input_attrs, store = plan(cfg, vse)
     try:
         attrs = {**vse.provenance(), **input_attrs, "command": " ".join(sys.argv),
-                 "torch_version": str(torch.__version__)}
+                 "torch_version": str(torch.__version__), "amp": cfg.amp}
         out = Path(cfg.out)
         if out.exists() and not cfg.overwrite:
             writer = EmbeddingsWriter.open_existing(out, tables=tables, attrs=attrs)
         else:
             writer = EmbeddingsWriter.create(out, tables=tables, embed_dim=vse.embed_dim, attrs=attrs)
-        with writer:
+        with writer, autocast_context(vse.device, cfg.amp):
             counts = fill(cfg, vse, writer, tables, store, input_attrs.get("image_root", ""))
     finally:
         if store is not None:
@@ -215,6 +215,7 @@ def fill(cfg: EncodeConfig, vse: VSE, writer: EmbeddingsWriter, tables: dict[str
     """Write the pending rows batch by batch (up to cfg.max_batches); fingerprint complete groups."""
     progress: Progress | None = None
     group = ""
+    computing_since = time.perf_counter()  # a group's rate counts from when its first batch began, not arrived
     try:
         for encoded in itertools.islice(batches_of(cfg, vse, writer, tables, store, image_root),
                                          cfg.max_batches):
@@ -223,7 +224,7 @@ def fill(cfg: EncodeConfig, vse: VSE, writer: EmbeddingsWriter, tables: dict[str
                     progress.close()
                 group = encoded.group
                 progress = Progress(f"encode {group}", len(writer.pending_rows(group, retry_failed=cfg.retry_failed)),
-                                    unit=group[:-1], logger=logger)
+                                    unit=group[:-1], logger=logger, started=computing_since)
             if len(encoded.failed):
                 for row, error in zip(encoded.failed.tolist(), encoded.errors):
                     logger.warning("%s row %d (%s) failed: %s", encoded.group, row, tables[encoded.group].labels[row],
@@ -232,6 +233,7 @@ def fill(cfg: EncodeConfig, vse: VSE, writer: EmbeddingsWriter, tables: dict[str
             if len(encoded.rows):
                 writer.write_rows(encoded.group, encoded.rows, encoded.embeddings)
             progress.update(len(encoded.rows) + len(encoded.failed))
+            computing_since = time.perf_counter()
     except KeyboardInterrupt:
         logger.warning("interrupted: %s is valid, rerun the same command to continue", cfg.out)
         raise

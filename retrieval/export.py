@@ -35,7 +35,7 @@ def model_file(checkpoint: dict, *, source_path: str | Path) -> dict:
     """The exported dict of a checkpoint dict: model and loss state, config, vocabulary, model_spec, provenance."""
     return {"format": MODEL_FILE_FORMAT, "format_version": MODEL_FILE_VERSION, "kind": checkpoint["kind"],
             "model": checkpoint["model"], "loss": checkpoint["loss"], "vocab": checkpoint["vocab"],
-            "config": checkpoint["config"], "model_spec": checkpoint["model_spec"],
+            "config": checkpoint["config"], "model_spec": checkpoint["model_spec"], "data": checkpoint.get("data"),
             "source": {"checkpoint": str(source_path), "sha256": sha256_of_file(source_path),
                        **{key: checkpoint[key] for key in ("epoch", "step", "best_rsum") if key in checkpoint}}}
 

@@ -54,8 +54,9 @@ class ImageInputs(Dataset):
 
     crops = 1
 
-    def __init__(self, items: Sequence[ImageInput]) -> None:
+    def __init__(self, items: Sequence[ImageInput], *, resize: str = "square") -> None:
         self.items = list(items)
+        self.resize = resize  # "keep-aspect" for a model that reads images as the reference code does
 
     def __len__(self) -> int:
         return len(self.items)
@@ -64,8 +65,8 @@ class ImageInputs(Dataset):
         item = self.items[position]
         try:
             if isinstance(item, Image.Image):
-                return position, crop_image(to_rgb(item), 1)
-            return position, load_crops(item, 1)
+                return position, crop_image(to_rgb(item), 1, resize=self.resize)
+            return position, load_crops(item, 1, resize=self.resize)
         except Exception as error:  # reported by the caller with the image's name
             return position, f"{type(error).__name__}: {error}"
 
@@ -77,14 +78,16 @@ def describe(item: ImageInput) -> str:
     return repr(str(item))
 
 
-def crop_batches(items: Sequence[ImageInput], *, batch_size: int, workers: int) -> Iterator[torch.Tensor]:
-    """uint8 center crops [B, 3, 224, 224] of `items` in order; ValueError naming the first unreadable one."""
+def crop_batches(items: Sequence[ImageInput], *, batch_size: int, workers: int,
+                 resize: str = "square") -> Iterator[torch.Tensor]:
+    """uint8 center crops [B, 3, 224, 224] of `items` in order (`resize`: extract.transforms.crop_image's);
+    ValueError naming the first unreadable one."""
     for item in items:
         if not isinstance(item, (str, Path, Image.Image)):
             raise ValueError(f"images must be paths or PIL images, got {type(item).__name__}")
         if not isinstance(item, Image.Image) and not Path(item).is_file():
             raise FileNotFoundError(f"image {str(item)!r} does not exist")
-    loader = DataLoader(ImageInputs(items), batch_size=batch_size, shuffle=False, num_workers=workers,
+    loader = DataLoader(ImageInputs(items, resize=resize), batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_collate_one_crop)
     for batch in loader:
         if batch.failed_indices:

@@ -1,9 +1,11 @@
 """faiss indexes over one group of an embeddings file: exact inner product (flat) or HNSW, saved beside the file.
 
 An index is two files beside the embeddings, `<file>.<group>.faiss-<kind>.index` and its `.json` record (kind,
-build parameters, the group's fingerprint, row count, dim). It is used only while the record's fingerprint is
-the group's: an index built from other embeddings is refused (rebuild it with rebuild=True / --rebuild-index).
-Index position p is done row rows[p] of the group.
+build parameters, the group's fingerprint, row count, dim, and the index file's own size and sha256). It is used
+only while the record's fingerprint is the group's and the index file is the one the record pins (its size and
+sha256, checked before faiss reads it): an index built from other embeddings, swapped for another file, changed,
+cut short or empty is refused (rebuild it with rebuild=True / --rebuild-index). Index position p is done row rows[p]
+of the group.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from common.files import atomic_write_json
+from extract.weights import sha256_of_file
 from retrieval.embeddings import EmbeddingsFile
 
 logger = logging.getLogger(__name__)
@@ -99,12 +102,39 @@ def _write_index(index, path: Path) -> None:
         raise
 
 
+def _saved_index_problems(index_path: Path, record_path: Path, *, fingerprint: str, spec: IndexSpec) -> list[str]:
+    """Why a saved index does not fit: its record unreadable, built from other embeddings or with other
+    parameters, or the index file not the one the record pins (size, then sha256); [] when it fits."""
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        record = None
+    if not isinstance(record, dict):
+        return [f"its record {record_path.name} is not a JSON object"]
+    problems = []
+    if record.get("fingerprint") != fingerprint:
+        problems.append("it was built from other embeddings (fingerprint "
+                        f"{str(record.get('fingerprint'))[:12]}... vs the file's {fingerprint[:12]}...)")
+    if record.get("build") != spec.build_params():
+        problems.append(f"it was built with {record.get('build')}, not {spec.build_params()}")
+    if "index_sha256" not in record:
+        return problems + ["its record does not pin the index file (size and sha256; written by an older version)"]
+    size = index_path.stat().st_size
+    if size != record.get("index_bytes"):
+        return problems + [f"the index file is {size} bytes, its record says {record.get('index_bytes')} (another, "
+                           "cut short or empty file)"]
+    if sha256_of_file(index_path) != record["index_sha256"]:
+        return problems + ["the index file's sha256 is not its record's (the file was changed or swapped)"]
+    return problems
+
+
 def open_index(embeddings: EmbeddingsFile, group: str, rows: np.ndarray, *, spec: IndexSpec,
                rebuild: bool = False):
     """The saved index of a group's done `rows`, checked against the file; built and saved when absent.
 
     ValueError when a saved index was built from other embeddings (fingerprint), with other build parameters,
-    or does not hold len(rows) rows of the file's dim: pass rebuild=True to replace it.
+    is not the file its record pins (size, sha256), cannot be read by faiss, or does not hold len(rows) rows of
+    the file's dim: pass rebuild=True to replace it.
     """
     fingerprint = embeddings.fingerprint(group)
     if not fingerprint:
@@ -112,17 +142,15 @@ def open_index(embeddings: EmbeddingsFile, group: str, rows: np.ndarray, *, spec
     index_path, record_path = index_paths(embeddings.path, group, spec.kind)
     dim = int(embeddings.attrs["embed_dim"])
     if index_path.is_file() and record_path.is_file() and not rebuild:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        problems = []
-        if record.get("fingerprint") != fingerprint:
-            problems.append("it was built from other embeddings (fingerprint "
-                            f"{str(record.get('fingerprint'))[:12]}... vs the file's {fingerprint[:12]}...)")
-        if record.get("build") != spec.build_params():
-            problems.append(f"it was built with {record.get('build')}, not {spec.build_params()}")
+        problems = _saved_index_problems(index_path, record_path, fingerprint=fingerprint, spec=spec)
         if problems:
             raise ValueError(f"faiss index {index_path} does not fit {embeddings.path}: {'; '.join(problems)}; pass "
                              "--rebuild-index to rebuild it")
-        index = faiss_module().read_index(str(index_path))
+        try:
+            index = faiss_module().read_index(str(index_path))
+        except RuntimeError as err:  # the file is the one pinned, so faiss itself changed or the disk did
+            raise ValueError(f"faiss index {index_path} cannot be read by faiss {faiss_module().__version__} "
+                             f"({str(err).splitlines()[0][:200]}); pass --rebuild-index to rebuild it") from err
         if index.ntotal != len(rows) or index.d != dim:
             raise ValueError(f"faiss index {index_path} holds {index.ntotal} rows of dim {index.d}, the file "
                              f"{len(rows)} of dim {dim}; pass --rebuild-index to rebuild it")
@@ -135,6 +163,8 @@ def open_index(embeddings: EmbeddingsFile, group: str, rows: np.ndarray, *, spec
     _write_index(index, index_path)
     atomic_write_json(record_path, {"embeddings": str(embeddings.path), "group": group, "build": spec.build_params(),
                                     "fingerprint": fingerprint, "rows": int(len(rows)), "dim": dim,
+                                    "index_bytes": index_path.stat().st_size,
+                                    "index_sha256": sha256_of_file(index_path),
                                     "build_seconds": round(seconds, 3),
                                     "faiss_version": str(faiss_module().__version__)})
     logger.info("built the faiss %s index of %d %s in %.1f s: %s", spec.kind, len(rows), group, seconds, index_path)

@@ -12,13 +12,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.choices import IMAGE_RESIZES
 from extract.backbones import build_backbone
-from train.checkpoint import CHECKPOINT_KINDS, check_store_provenance, load_checkpoint, load_model_state
+from retrieval.embeddings import EmbeddingsFile
+from train.checkpoint import (
+    CHECKPOINT_KINDS, HDF5_SIGNATURE, check_store_provenance, load_checkpoint, load_model_state,
+)
 from train.config import TrainConfig
 from train.encode import encode_split
+from train.finetune.cnn import attach_cnn
 from train.finetune.config import FinetuneConfig
 from train.finetune.data import encode_split_from_images
-from train.finetune.run import attach_cnn
 from train.model import VSEModel, build_model
 from train.text import Vocabulary
 
@@ -44,6 +48,16 @@ class LoadedModel:
     def has_cnn(self) -> bool:
         """True when the model embeds raw images itself (fine-tuned), False when it reads stored features."""
         return self.kind == "finetune"
+
+    @property
+    def image_resize(self) -> str:
+        """How this model's own CNN reads a raw image (extract.transforms.crop_image): "square" (the paper's
+        256x256 resize, every model of this project), or "keep-aspect" (imported reference models)."""
+        resize = self.checkpoint["model_spec"].get("image_resize", "square")
+        if resize not in IMAGE_RESIZES:
+            raise ValueError(f"the model file's image_resize {resize!r} is not one of {', '.join(IMAGE_RESIZES)}; "
+                             "the file was not written by this code: import or export it again")
+        return str(resize)
 
 
 def model_from_checkpoint(checkpoint: dict, *, device: torch.device | str = "cpu") -> LoadedModel:
@@ -95,7 +109,22 @@ def read_model_file(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass a best.pt / last.pt of a run or a file "
                                 "written by `pipeline.py export`")
+    _refuse_embeddings_file(path)
     return _exported_model(path) or load_checkpoint(path, map_location="cpu")
+
+
+def _refuse_embeddings_file(path: Path) -> None:
+    """ValueError naming what to pass when `path` is an embeddings file of `encode` (an HDF5 file of vectors)."""
+    with open(path, "rb") as handle:
+        if handle.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+            return
+    try:
+        with EmbeddingsFile(path) as embeddings:
+            writer = embeddings.attrs.get("checkpoint") or "the run's best.pt"
+    except (OSError, ValueError):
+        return  # a feature store or other HDF5 file: load_checkpoint says what it is
+    raise ValueError(f"{path} is an embeddings file of `encode` (vectors, not a model): pass the checkpoint that "
+                     f"wrote it ({writer}) as --checkpoint, or search it with `search --embeddings {path}`")
 
 
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> LoadedModel:
@@ -136,4 +165,5 @@ def encode_store_split(loaded: LoadedModel, store: object, *, split: str, image_
                             vocab=loaded.vocab, batch_size=batch_size, device=device)
     image_root = image_root or loaded.config.image_root or store.attrs["image_root"]
     return encode_split_from_images(loaded.model, store, splits=splits, vocab=loaded.vocab, image_root=image_root,
-                                    batch_size=batch_size, workers=workers, device=device)
+                                    batch_size=batch_size, workers=workers, device=device,
+                                    resize=loaded.image_resize)

@@ -114,4 +114,5 @@ def format_results(results: dict) -> str:
                 text = _cut(entry["text"]) + (f"   [{entry['image']}]" if entry.get("image") else "")
             lines.append(f"  {entry['rank']:>4}  {entry['score']:>9.4f}  {entry['id']:>7}  {text}")
         blocks.append("\n".join(lines))
+    blocks += [f"note: {note}" for note in results.get("notes", [])]  # e.g. --k larger than the gallery
     return "\n\n".join(blocks)

@@ -17,11 +17,12 @@ import torch
 
 from common.choices import SPLITS
 from common.config import StageConfig
+from common.fields import device_field, image_root_field, weights_field
 from eval.blocks import swap_sim
 from eval.topk import merge_topk, topk
 from retrieval.api import VSE
 from retrieval.embeddings import EmbeddingsFile
-from retrieval.encode import device_field, image_root_field, read_sentences, weights_field
+from retrieval.encode import read_sentences
 from retrieval.images import list_images
 from retrieval.index import FAISS_KINDS, IndexSpec, open_index, search_index
 from retrieval.results import Gallery, format_results
@@ -125,7 +126,7 @@ def queries_of(cfg: SearchConfig) -> tuple[list[str], list[str]]:
 
 
 def load_galleries(cfg: SearchConfig, vse: VSE, groups: list[str]) -> dict[str, Gallery]:
-    """The galleries the queries need ("images" for sentences, "captions" for images), checked against k."""
+    """The galleries the queries need ("images" for sentences, "captions" for images)."""
     if cfg.embeddings:
         with EmbeddingsFile(cfg.embeddings) as embeddings:
             check_model(embeddings, vse)
@@ -134,26 +135,32 @@ def load_galleries(cfg: SearchConfig, vse: VSE, groups: list[str]) -> dict[str, 
         split = vse.encode_split(cfg.split or "test", store=cfg.store or None, image_root=cfg.image_root or None)
         galleries = {group: Gallery.from_split(split, group, name=f"{cfg.store or vse.store} {cfg.split or 'test'}")
                      for group in groups}
-    for gallery in galleries.values():
-        if cfg.k > gallery.size:
-            raise ValueError(f"--k {cfg.k} is larger than the gallery ({gallery.size} {gallery.group} in "
-                             f"{gallery.name}); pass --k {gallery.size} or less")
     return galleries
 
 
-def search(cfg: SearchConfig, vse: VSE, gallery: Gallery, query_emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def k_for(cfg: SearchConfig, gallery: Gallery) -> tuple[int, str]:
+    """(results per query, a note when fewer than --k): at most the gallery's size, as faiss and clip-retrieval
+    return what there is."""
+    if cfg.k <= gallery.size:
+        return cfg.k, ""
+    note = f"--k {cfg.k} asked; the gallery holds {gallery.size} {gallery.group}, so all {gallery.size} are listed"
+    return gallery.size, note  # printed with the results (and in --json's "notes")
+
+
+def search(cfg: SearchConfig, vse: VSE, gallery: Gallery, query_emb: torch.Tensor,
+           k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores [Q, k], gallery positions [Q, k]) by the exact engine or the faiss index."""
     model_sim = similarity_function(vse.similarity_name)
     if cfg.index == "exact":  # eval's similarity, image side first (swap_sim for sentence queries over images)
         sim_fn = swap_sim(model_sim) if gallery.group == "images" else model_sim
-        scores, positions = exact_topk(query_emb, gallery.blocks(), cfg.k, sim_fn=sim_fn)
+        scores, positions = exact_topk(query_emb, gallery.blocks(), k, sim_fn=sim_fn)
         return scores.numpy(), positions.numpy()
     if vse.similarity_name != "cosine":
         raise ValueError(f"--index faiss ranks by inner product; this model uses the {vse.similarity_name} "
                          "similarity -||max(0, c - i)||, which an inner-product index cannot rank: use --index exact")
     with EmbeddingsFile(cfg.embeddings) as embeddings:
         index = open_index(embeddings, gallery.group, gallery.rows, spec=cfg.index_spec(), rebuild=cfg.rebuild_index)
-    return search_index(index, query_emb.numpy(), cfg.k, spec=cfg.index_spec())
+    return search_index(index, query_emb.numpy(), k, spec=cfg.index_spec())
 
 
 def run_search(cfg: SearchConfig) -> dict:
@@ -174,10 +181,12 @@ def run_search(cfg: SearchConfig) -> dict:
     if image_paths:
         queries.append(("image", image_paths, vse.encode_images(image_paths), galleries["captions"]))
     engine = "exact" if cfg.index == "exact" else f"faiss-{cfg.faiss_index}"
-    results = {"checkpoint": str(checkpoint), "index": engine, "k": cfg.k, "queries": []}
+    results = {"checkpoint": str(checkpoint), "index": engine, "k": cfg.k, "queries": [], "notes": []}
     for kind, inputs, query_emb, gallery in queries:
-        scores, positions = search(cfg, vse, gallery, query_emb)
+        k, note = k_for(cfg, gallery)
+        scores, positions = search(cfg, vse, gallery, query_emb, k)
         results["queries"].extend(gallery.results(kind, inputs, scores, positions))
+        results["notes"] += [note] if note else []
     results["galleries"] = {group: gallery.describe() for group, gallery in galleries.items()}
     print(json.dumps(results, indent=2) if cfg.json else format_results(results), flush=True)
     return results

@@ -7,11 +7,16 @@ from dataclasses import dataclass, field
 
 from common.choices import SPLITS
 from common.config import StageConfig
-from retrieval.encode import device_field, weights_field
+from extract.transforms import RESIZE
+from common.fields import device_field, weights_field
 
 LOOPBACK = "127.0.0.1"
 MAX_K = 100  # results a query may ask for
 MAX_QUERY_CHARS = 500  # a longer sentence is refused with a message (captions are ~10-20 words)
+# The model sees every image at RESIZE x RESIZE: 16x that side (4096 x 4096, 16.8 MP, 50 MB decoded) covers any
+# photo worth uploading, and two decodes at a time bound the memory uploads take (a 6,300 x 6,300 PNG is 119 MB).
+MAX_PIXELS = (16 * RESIZE) ** 2
+UPLOADS_AT_ONCE = 2  # uploads decoded and embedded at the same time; the others wait without holding a thread
 
 
 @dataclass
@@ -36,8 +41,11 @@ class ServeConfig(StageConfig):
     port: int = field(default=8000, metadata={"help": "TCP port"})
     k: int = field(default=12, metadata={"help": "results per query shown by default"})
     max_upload_mb: float = field(default=10.0, metadata={"help": "largest uploaded image in MB (larger: refused)"})
-    max_pixels: int = field(default=40_000_000, metadata={
-        "help": "largest uploaded image in pixels (width x height), refused before it is decoded"})
+    max_pixels: int = field(default=MAX_PIXELS, metadata={
+        "help": f"largest uploaded image in pixels (width x height), refused before it is decoded (the model sees "
+                f"{RESIZE} x {RESIZE})"})
+    upload_timeout_s: float = field(default=15.0, metadata={
+        "help": "seconds an upload's body may take to arrive; a slower one is cut off (408)"})
     batch_size: int = field(default=256, metadata={"help": "rows per forward pass while embedding the split"})
     workers: int = field(default=0, metadata={"help": "image decoding worker processes while embedding the split"})
     device: str = device_field()
@@ -58,6 +66,8 @@ class ServeConfig(StageConfig):
             raise ValueError(f"--k must be in 1..{MAX_K}, got {self.k}")
         if not self.max_upload_mb > 0:
             raise ValueError(f"--max-upload-mb must be > 0, got {self.max_upload_mb}")
+        if not self.upload_timeout_s > 0:
+            raise ValueError(f"--upload-timeout-s must be > 0, got {self.upload_timeout_s}")
         self.check_at_least(1, "max_pixels", "batch_size")
         self.check_at_least(0, "workers")
 

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from retrieval.encode import EncodeConfig, run_encode
 from serve.config import LOOPBACK, ServeConfig
 from serve.service import SearchService
@@ -62,6 +64,10 @@ def run_serve(cfg: ServeConfig) -> None:
         try:
             with tempfile.TemporaryDirectory(prefix="vsepp-serve-") as folder:
                 service = load_service(cfg, Path(folder))
+                # Each request's forward pass on one thread: concurrency comes from the requests, and a 2-thread
+                # forward among busy threads spins (an upload took 1.8-2.6 s with 2 threads, 0.17 s with 1, on 2
+                # loaded cores; bench/serve_load.py).
+                torch.set_num_threads(1)
                 server = server_for(cfg, service)
                 host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
                 print(f"search page: http://{host}:{cfg.port}/ (Ctrl-C stops it)", flush=True)

@@ -1,16 +1,27 @@
-"""What the server lets in and out: image files only from inside the image root, uploads bounded and decoded safely."""
+"""What the server lets in and out: requests for its own host names, image files only from inside the image root
+(served with their sniffed image type), uploads bounded and decoded safely."""
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
+import re
 import warnings
 from pathlib import Path, PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
+from extract.transforms import RESIZE
+
 # Formats an upload may be in: the common photo formats (no TIFF/PSD/EPS, whose decoders are larger surfaces).
 UPLOAD_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+# The only types a gallery file is served as, chosen by what Pillow reads in the file, never by its name: a
+# GIF/JavaScript polyglot named x.js is sent as image/gif (with nosniff, a browser will not run it as script).
+IMAGE_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "BMP": "image/bmp", "WEBP": "image/webp"}
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+ANY_ADDRESS = "*address*"  # in host_names: any IP address is a name of this server (a wildcard bind)
+_HOST = re.compile(r"(?P<name>\[[0-9a-fA-F:.]+\]|[^:\[\]]+)(?::(?P<port>[0-9]{1,5}))?")
 
 
 class QueryError(ValueError):
@@ -35,7 +46,7 @@ class ImageFiles:
     @staticmethod
     def normalise(path: str) -> str | None:
         """The path as a plain relative POSIX path, or None when it is absolute, climbs (..) or holds a NUL."""
-        if "\x00" in path or "\\" in path:
+        if "\x00" in path:  # a backslash is a legal character of a POSIX file name, served as such
             return None
         pure = PurePosixPath(path)
         if pure.is_absolute() or ".." in pure.parts or not pure.parts:
@@ -72,7 +83,8 @@ def decode_upload(data: bytes, *, max_pixels: int) -> Image.Image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise QueryError(f"the image is {width} x {height} = {width * height:,} pixels; the limit is "
-                                     f"{max_pixels:,}: upload a smaller one", status=413)
+                                     f"{max_pixels:,} (the model sees every image at {RESIZE} x {RESIZE}): "
+                                     "upload a smaller one", status=413)
                 image.load()
                 return image.convert("RGB")
     except QueryError:
@@ -83,3 +95,51 @@ def decode_upload(data: bytes, *, max_pixels: int) -> Image.Image:
     except (OSError, ValueError, SyntaxError, EOFError) as error:  # truncated or corrupt files
         raise QueryError(f"the image could not be decoded ({type(error).__name__}: {error}); is the file complete?") \
             from error
+
+
+def image_type(file: Path) -> str | None:
+    """The served type of a gallery file from what Pillow reads in its header (IMAGE_TYPES), else None."""
+    try:
+        with Image.open(file, formats=UPLOAD_FORMATS) as image:
+            return IMAGE_TYPES.get(image.format or "")
+    except (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+
+
+def host_names(bind_host: str) -> set[str]:
+    """The names a request may carry in its Host header: the loopback names and the bound address (IPv6 in []);
+    for a wildcard bind (0.0.0.0, ::) also ANY_ADDRESS: every address of the machine, written as an address."""
+    bound = f"[{bind_host}]" if ":" in bind_host else bind_host
+    wildcard = bind_host in ("0.0.0.0", "::")
+    return {*LOOPBACK_NAMES, bound.lower(), *([ANY_ADDRESS] if wildcard else [])}
+
+
+def host_allowed(header: str, *, names: set[str], port: int | None) -> bool:
+    """Whether a Host header names this server: one of `names` (or any IP address, with ANY_ADDRESS among them),
+    and the port it listens on when one is given. A host *name* other than localhost is a page of another site
+    whose name was rebound to this address (DNS rebinding)."""
+    match = _HOST.fullmatch(header.strip())
+    if match is None:
+        return False
+    name = match["name"].lower()
+    if name not in names and not (ANY_ADDRESS in names and _is_address(name)):
+        return False
+    return match["port"] is None or port is None or int(match["port"]) == port
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def cross_site(headers: dict[str, str], *, host: str) -> bool:
+    """Whether a request comes from a page of another origin: its Sec-Fetch-Site is not same-origin/none, or its
+    Origin is not http://HOST (a form or fetch() of another site may POST here; the browser says so)."""
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return True
+    origin = headers.get("origin")
+    return origin is not None and origin.lower() != f"http://{host.lower()}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 from urllib.parse import quote
@@ -24,6 +25,7 @@ from train.losses.similarity import similarity_function
 logger = logging.getLogger(__name__)
 
 GALLERY_PAGE = 48  # gallery images listed per request of the picker
+_WHOLE = re.compile(r"[0-9]{1,9}")  # a request's whole number: ASCII digits, at most 9 (int() of any is fast)
 
 
 def image_root_of(cfg: ServeConfig, embeddings: EmbeddingsFile, image_labels: list[str]) -> Path:
@@ -43,6 +45,17 @@ def image_root_of(cfg: ServeConfig, embeddings: EmbeddingsFile, image_labels: li
     return Path(root)
 
 
+def example_query(galleries: dict[str, Gallery]) -> str:
+    """A short caption of the gallery for the search box's placeholder ("" when it holds no captions)."""
+    captions, images = galleries.get("captions"), galleries.get("images")
+    if captions is not None:
+        texts = captions.labels
+    else:  # a store split's images know their captions; an `encode --images` file's do not
+        texts = [text for known in (images.related or []) for text in known] if images is not None else []
+    short = [text for text in texts[:1000] if 0 < len(text) <= 80]
+    return min(short, key=lambda text: (abs(len(text) - 40), text)) if short else ""
+
+
 class SearchService:
     """The model and the gallery's embeddings in memory; every method returns the JSON the page shows or raises
     QueryError with the message for the page."""
@@ -51,7 +64,10 @@ class SearchService:
                  cfg: ServeConfig, source: str) -> None:
         self.vse, self.galleries, self.files, self.urls, self.cfg, self.source = vse, galleries, files, urls, cfg, source
         self.sim = similarity_function(vse.similarity_name)
-        self.lock = threading.Lock()  # one forward pass at a time (the server answers from a thread pool)
+        # One sentence embedded at a time (the server answers from a thread pool); uploads are bounded apart, by the
+        # app's UPLOADS_AT_ONCE, and run the CNN beside it: searches do not queue behind uploads.
+        self.text_lock = threading.Lock()
+        self.example = example_query(galleries)
 
     @classmethod
     def load(cls, cfg: ServeConfig, embeddings_path: str | Path) -> "SearchService":
@@ -84,10 +100,13 @@ class SearchService:
 
     # -- what the page shows --------------------------------------------------------------------
     def info(self) -> dict:
+        """What the page says of the model and gallery, and how it sets itself up (results box, example query)."""
         images, captions = self.galleries.get("images"), self.galleries.get("captions")
+        ranked = images or captions
         return {"model": str(self.vse.path), "kind": self.vse.kind, "similarity": self.vse.similarity_name,
                 "gallery": self.source, "images": images.size if images else 0,
-                "captions": captions.size if captions else 0, "k": self.cfg.k, "max_k": MAX_K,
+                "captions": captions.size if captions else 0, "max_k": MAX_K,
+                "k": min(self.cfg.k, ranked.size) if ranked else self.cfg.k, "example": self.example,
                 "max_upload_bytes": self.cfg.max_upload_bytes, "max_query_chars": MAX_QUERY_CHARS,
                 "vocabulary": len(self.vse.loaded.vocab)}
 
@@ -100,17 +119,18 @@ class SearchService:
             raise QueryError(f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}: describe "
                              "an image in a sentence")
         try:
-            tokens = text_tokens([text])[0]
+            tokens = text_tokens([text], tokenizer=self.vse.loaded.vocab.tokenizer)[0]
         except ValueError:
-            raise QueryError("type a sentence to search for, e.g. \"a red circle above a blue square\"") from None
+            example = f', e.g. "{self.example}"' if self.example else ""
+            raise QueryError(f"type a sentence to search for{example}") from None
         vocab = self.vse.loaded.vocab
         unknown = [token for token in tokens if token not in vocab]
         if len(unknown) == len(tokens):
             raise QueryError(f"none of the words of \"{_cut(text)}\" is in the model's vocabulary ({len(vocab)} words "
                              "from its training captions), so it cannot be searched: use words its captions use")
-        with self.lock:
+        with self.text_lock:
             query_emb = self.vse.encode_text([text])
-        results = self._ranked(gallery, "text", text, query_emb, self._k(k, gallery))
+        results = self._ranked(gallery, "text", text, query_emb, k)
         for entry in results["results"]:
             entry["url"] = self.urls.get(entry["path"])
         words = sorted({token for token in unknown if any(char.isalnum() for char in token)})  # not punctuation
@@ -140,8 +160,7 @@ class SearchService:
         self._gallery("captions", "image search needs caption embeddings (a store split or `encode --texts`)")
         image = decode_upload(data, max_pixels=self.cfg.max_pixels)
         try:
-            with self.lock:
-                query_emb = self.vse.encode_images([image])
+            query_emb = self.vse.encode_images([image])
         except (ValueError, FileNotFoundError) as error:  # e.g. the store's CNN weights are missing
             raise QueryError(f"the image could not be embedded: {error}") from error
         return self._captions_for(query_emb, f"uploaded image ({image.width} x {image.height})", k)
@@ -150,34 +169,42 @@ class SearchService:
     def _captions_for(self, query_emb: torch.Tensor, label: str, k: str | int | None) -> dict:
         gallery = self._gallery("captions", "image search needs caption embeddings (a store split or `encode "
                                             "--texts`)")
-        results = self._ranked(gallery, "image", label, query_emb, self._k(k, gallery))
+        results = self._ranked(gallery, "image", label, query_emb, k)
         for entry in results["results"]:
             entry["url"] = self.urls.get(entry.get("image", ""))
         return results
 
-    def _ranked(self, gallery: Gallery, kind: str, label: str, query_emb: torch.Tensor, k: int) -> dict:
+    def _ranked(self, gallery: Gallery, kind: str, label: str, query_emb: torch.Tensor, k: str | int | None) -> dict:
         """The exact top k of one query by the search stage's engine (eval's top-k, the model's similarity)."""
+        count, note = self._k(k, gallery)
         sim_fn = swap_sim(self.sim) if gallery.group == "images" else self.sim
-        scores, positions = exact_topk(query_emb, [gallery.emb], k, sim_fn=sim_fn)
-        return gallery.results(kind, [label], scores.numpy(), positions.numpy())[0]
+        scores, positions = exact_topk(query_emb, [gallery.emb], count, sim_fn=sim_fn)
+        return {**gallery.results(kind, [label], scores.numpy(), positions.numpy())[0], "k_note": note}
 
     def _gallery(self, group: str, missing: str) -> Gallery:
         if group not in self.galleries:
             raise QueryError(missing)
         return self.galleries[group]
 
-    def _k(self, k: str | int | None, gallery: Gallery) -> int:
-        return _integer(k, "k", default=min(self.cfg.k, gallery.size), low=1, high=min(MAX_K, gallery.size))
+    def _k(self, k: str | int | None, gallery: Gallery) -> tuple[int, str]:
+        """(results to list, a note when fewer than asked): k of 1..MAX_K, at most the gallery's size, as faiss
+        returns what there is."""
+        asked = _integer(k, "k", default=self.cfg.k, low=1, high=MAX_K)
+        if asked <= gallery.size:
+            return asked, ""
+        return gallery.size, f"{asked} asked; the gallery holds {gallery.size} {gallery.group}, all listed"
 
 
 def _integer(value: str | int | None, name: str, *, default: int | None, low: int, high: int) -> int:
-    """A request parameter as an int in [low, high]; QueryError naming it otherwise."""
+    """A request parameter as an int in [low, high]; QueryError naming it otherwise. Only ASCII digits count:
+    str.isdigit also accepts "²" and "١", which int() then refuses or reads, and a 5,000-digit number is past
+    int()'s limit."""
     if value is None or value == "":
         if default is None:
             raise QueryError(f"{name} is missing")
         return default
     text = str(value).strip()
-    if not text.lstrip("-").isdigit() or not low <= int(text) <= high:
+    if not _WHOLE.fullmatch(text) or not low <= int(text) <= high:
         raise QueryError(f"{name} must be a whole number from {low} to {high}, got {_cut(text)!r}")
     return int(text)
 

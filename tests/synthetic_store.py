@@ -51,30 +51,49 @@ def synthetic_dataset(*, splits: dict[str, int], seed: int = 0) -> tuple[Dataset
     return dataset, np.asarray(attributes, dtype=np.int64)
 
 
-def synthetic_features(attributes: np.ndarray, *, feature_dim: int, seed: int = 0) -> np.ndarray:
-    """Ten-crop features [N, 10, D]: a fixed linear map of the one-hot attributes plus crop noise."""
+def synthetic_features(attributes: np.ndarray, *, feature_dim: int, seed: int = 0, vectors: int = 10) -> np.ndarray:
+    """Ten-crop (or `vectors` region) features [N, 10, D]: a fixed linear map of the one-hot attributes plus noise."""
     generator = np.random.default_rng(seed + 1)
     onehot = np.concatenate([np.eye(len(COLORS))[attributes[:, 0]], np.eye(len(SHAPES))[attributes[:, 1]],
                              np.eye(len(SIZES))[attributes[:, 2]]], axis=1)  # [N, 10]
     projection = generator.standard_normal((onehot.shape[1], feature_dim))
     clean = onehot @ projection  # [N, D]
-    noise = 0.3 * generator.standard_normal((len(attributes), 10, feature_dim))
+    noise = 0.3 * generator.standard_normal((len(attributes), vectors, feature_dim))
     return (clean[:, None, :] + noise).astype(np.float32)
+
+
+def write_features_store(path: Path, dataset: DatasetIndex, features: np.ndarray, *, kind: str = "10c",
+                         dtype: str = "float32", attrs: dict | None = None) -> Path:
+    """A complete store of `features`, one row per image of `dataset`: kind "1c" ([N, D]), "10c" ([N, 10, D]; its
+    1c is crop 4, the center) or "regions" ([N, K, D]); `attrs` default to STORE_ATTRS."""
+    rows = np.arange(dataset.num_images)
+    regions = features.shape[1] if kind == "regions" else 0
+    crops = {"1c": 1, "10c": 10, "regions": 0}[kind]
+    with FeatureStoreWriter.create(path, dataset, attrs=STORE_ATTRS if attrs is None else attrs,
+                                   feature_dim=features.shape[-1], crops=crops, dtype=dtype,
+                                   regions=regions) as writer:
+        if kind == "regions":
+            writer.write_rows(rows, None, None, regions=features)
+        elif kind == "10c":
+            writer.write_rows(rows, features[:, 4], features)
+        else:
+            writer.write_rows(rows, features, None)
+    return path
 
 
 @pytest.fixture
 def make_train_store(tmp_path: Path):
-    """Factory (name, crops, dtype, splits) -> path of a complete synthetic store under tmp_path."""
+    """Factory (name, crops, dtype, splits, regions) -> path of a complete synthetic store under tmp_path
+    (regions=K > 0: a region store of K vectors per image, crops ignored)."""
     def factory(name: str = "store.h5", *, crops: int = 10, dtype: str = "float32",
-                splits: dict[str, int] | None = None, feature_dim: int = FEATURE_DIM) -> Path:
+                splits: dict[str, int] | None = None, feature_dim: int = FEATURE_DIM, regions: int = 0) -> Path:
         dataset, attributes = synthetic_dataset(splits=splits or {"train": 64, "val": 16, "test": 8})
-        feats_10c = synthetic_features(attributes, feature_dim=feature_dim)
-        path = tmp_path / name
-        with FeatureStoreWriter.create(path, dataset, attrs=STORE_ATTRS, feature_dim=feature_dim, crops=crops,
-                                       dtype=dtype) as writer:
-            rows = np.arange(dataset.num_images)
-            writer.write_rows(rows, feats_10c[:, 4], feats_10c if crops == 10 else None)
-        return path
+        features = synthetic_features(attributes, feature_dim=feature_dim, vectors=regions or 10)
+        if regions:
+            return write_features_store(tmp_path / name, dataset, features, kind="regions", dtype=dtype)
+        if crops == 1:
+            return write_features_store(tmp_path / name, dataset, features[:, 4], kind="1c", dtype=dtype)
+        return write_features_store(tmp_path / name, dataset, features, dtype=dtype)
     return factory
 
 

@@ -156,3 +156,120 @@ def test_design_layout_lists_exactly_the_tree():
     assert {entry for entry in tree if entry.endswith(".py")} - listed == set(), "files missing from DESIGN.md"
     assert {entry for entry in listed if entry.endswith(".py")} - tree == set(), "DESIGN.md lists missing files"
     assert {entry for entry in tree if entry.endswith("/")} - listed_dirs == set(), "packages missing"
+
+
+def python_blocks() -> list[tuple[str, list[str]]]:
+    """(folder or module the heading names, lines) of every ```python block of DESIGN.md."""
+    blocks, heading = [], ""
+    parts = DESIGN.split("```")
+    for index, part in enumerate(parts):
+        if index % 2 == 0:
+            headings = re.findall(r"^## (\S+)", part, flags=re.MULTILINE)
+            heading = headings[-1] if headings else heading
+        elif part.startswith("python\n"):
+            blocks.append((heading, part.split("\n")[1:]))
+    return blocks
+
+
+def _top_level_parameters(text: str) -> list[str]:
+    """Parameter names of a DESIGN.md signature's argument text ('a [B, D], *, b=0.2 | Tensor') in order."""
+    names, depth, piece = [], 0, ""
+    for char in text + ",":
+        depth += (char in "([{") - (char in ")]}")
+        if char == "," and depth == 0:
+            match = re.match(r"\s*\*{0,2}([A-Za-z_]\w*)", piece)
+            if match and match.group(1) not in ("self", "cls"):
+                names.append(match.group(1))
+            piece = ""
+        else:
+            piece += char
+    return names
+
+
+def _signatures(line_text: str) -> list[tuple[str, str]]:
+    """(name, argument text) of each `def name(...)` in a line of DESIGN.md (joined continuation lines)."""
+    found = []
+    for match in re.finditer(r"\bdef (\w+)\(", line_text):
+        depth, end = 1, match.end()
+        while depth and end < len(line_text):
+            depth += (line_text[end] == "(") - (line_text[end] == ")")
+            end += 1
+        found.append((match.group(1), line_text[match.end():end - 1]))
+    return found
+
+
+def _code_parameters(function: ast.FunctionDef) -> list[str]:
+    args = function.args
+    every = [*args.posonlyargs, *args.args, *([args.vararg] if args.vararg else []), *args.kwonlyargs,
+             *([args.kwarg] if args.kwarg else [])]
+    return [arg.arg for arg in every if arg.arg not in ("self", "cls")]
+
+
+def _definitions(path: Path) -> dict[str, ast.AST]:
+    """'name' -> top-level function or class, 'Class.method' -> method, of one source file."""
+    found: dict[str, ast.AST] = {}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            found[node.name] = node
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef):
+                    found[f"{node.name}.{item.name}"] = item
+    return found
+
+
+def design_interface_claims() -> list[tuple[list[str], str, list[str] | None]]:
+    """(candidate source files, 'name' or 'Class.method', parameter names or None for a class) of every `def`
+    and `class` in DESIGN.md's python blocks. The files are those the last `# path.py` comment names (bare
+    names relative to the heading's folder), else the heading's own module."""
+    claims = []
+    for heading, lines in python_blocks():
+        folder = heading if heading.endswith("/") else heading.rsplit("/", 1)[0] + "/"
+        files = [heading] if heading.endswith(".py") else []
+        owner, pending = None, ""
+        for line in lines:
+            if line.lstrip().startswith("#"):
+                named = re.findall(r"[\w/]+\.py", line)
+                if named:
+                    files = [name if "/" in name else folder + name for name in named]
+                continue
+            pending += " " + line.split("  #")[0]
+            if pending.count("(") > pending.count(")"):
+                continue  # a signature continues on the next line
+            text, pending = pending, ""
+            class_match = re.match(r"\s*class (\w+)", text)
+            if class_match:
+                owner = class_match.group(1)
+                claims.append((files, owner, None))
+                continue
+            indented = line.startswith(" ") or text.startswith("     ")
+            for name, arguments in _signatures(text):
+                qualified = f"{owner}.{name}" if owner and indented else name
+                claims.append((files, qualified, None if "..." in arguments else _top_level_parameters(arguments)))
+            if not line.startswith(" ") and not text.strip().startswith(("def", "@")):
+                owner = None
+    return claims
+
+
+def test_design_interface_blocks_match_the_code():
+    claims = design_interface_claims()
+    assert len(claims) > 20, "DESIGN.md's python blocks were not read"
+    wrong = []
+    for files, name, parameters in claims:
+        definitions = {}
+        for file in files:
+            if (ROOT / file).is_file():
+                definitions.update(_definitions(ROOT / file))
+        node = definitions.get(name)
+        if node is None:
+            wrong.append(f"{name} is not defined in {files}")
+        elif parameters is not None and isinstance(node, ast.FunctionDef) and _code_parameters(node) != parameters:
+            wrong.append(f"{name}({', '.join(parameters)}) in DESIGN.md, ({', '.join(_code_parameters(node))}) "
+                         f"in {files}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_design_states_the_store_schema_version_of_the_code():
+    code = re.search(r"^SCHEMA_VERSION = (\d+)", (ROOT / "features/schema.py").read_text(), re.MULTILINE)
+    stated = re.findall(r"SCHEMA_VERSION = (\d+)", DESIGN)
+    assert stated and set(stated) == {code.group(1)}, (stated, code.group(1))

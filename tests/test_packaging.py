@@ -14,6 +14,8 @@ import pytest
 
 from tests.test_architecture import ROOT, project_modules
 
+pytestmark = pytest.mark.slow  # builds and installs a wheel
+
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -25,6 +25,7 @@ def invoke(args: list[str], cwd: Path):
     return result
 
 
+@pytest.mark.slow
 def test_chain_runs_every_stage_and_passes_artifacts_along(tmp_path):
     args = [*TINY_DATA, "--out-dir", "data", *TINY_EXTRACT, "--out", "feats.h5",
             "train", "--out-dir", "run", "--feature-mode", "10c", *TINY_TRAIN,

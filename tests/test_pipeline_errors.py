@@ -140,6 +140,7 @@ def test_a_full_disk_during_a_checkpoint_save(make_train_store, tmp_path: Path, 
     assert load_checkpoint(run / "last.pt")["epoch"] == 1 and not list(run.glob("*.tmp"))  # the earlier state is kept
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_extract_is_one_line_and_resumable(images, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch):
     dataset, root = images
@@ -153,6 +154,7 @@ def test_a_full_disk_during_extract_is_one_line_and_resumable(images, tmp_path: 
     assert run_cli(command).exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_store_in_use_is_said_so_and_overwrite_does_not_replace_it(images, tmp_path: Path):
     dataset, root = images
     out = tmp_path / "feats.h5"
@@ -166,6 +168,7 @@ def test_a_store_in_use_is_said_so_and_overwrite_does_not_replace_it(images, tmp
     assert out.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_wrong_image_root_and_a_store_as_checkpoint(images, tmp_path: Path):
     dataset, root = images
     out = tmp_path / "feats.h5"
@@ -179,6 +182,7 @@ def test_a_wrong_image_root_and_a_store_as_checkpoint(images, tmp_path: Path):
                                              "as --checkpoint / --resume")
 
 
+@pytest.mark.slow
 def test_every_run_leaves_the_process_group_waiting_for_the_others_only_when_it_finished(
         images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     left = []

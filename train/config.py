@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from common.choices import (
-    AMP_MODES, DEVICES, FEATURE_MODES, GROUP_K_MODES, IMAGE_POOLS, LOSSES, MARGIN_SOURCES, REDUCTIONS,
-    SIMILARITIES, SPLITS, TEXT_POOLS,
+    AMP_MODES, FEATURE_MODES, GROUP_K_MODES, IMAGE_POOLS, LOSSES, MARGIN_SOURCES, REDUCTIONS,
+    SET_FEATURE_MODES, SIMILARITIES, SPLITS, TEXT_POOLS, TOKENIZERS,
 )
 from common.config import StageConfig, option_name
+from common.fields import device_field
 from train.losses import unused_loss_options
 from train.losses.group import GROUP_GAMMA, GROUP_K, GROUP_TEMPERATURE
 from train.losses.hinge import MARGIN, ORDER_MARGIN
@@ -48,11 +48,15 @@ class TrainConfig(StageConfig):
     # baseline (Table 1 row 1.6, Table 3 row 3.10), and the 10-crop mean erases left/right.
     feature_mode: str = field(default="1c", metadata={
         "help": "image features: 1c center crop [paper 1C]; 10c mean of ten crops [paper 10C]; 10c-random one "
-                "random crop per caption and step; 10c-set all ten, pooled by --image-pool (paper: 1c)",
+                "random crop per caption and step; 10c-set all ten, pooled by --image-pool; regions the K "
+                "vectors of a region store (import-features), pooled by --image-pool (paper: 1c)",
         "choices": FEATURE_MODES})
     image_pool: str = field(default="mean", metadata={
-        "help": "pooling of a crop set (only with --feature-mode 10c-set): mean or adaptive (Zhang et al.)",
-        "choices": IMAGE_POOLS})
+        "help": "pooling of an image's set (--feature-mode 10c-set or regions): mean, adaptive (Zhang et al.) "
+                "or gpo (VSE-inf)", "choices": IMAGE_POOLS})
+    region_drop: float = field(default=0.0, metadata={
+        "help": "in training, drop each vector of an image's set (regions or 10c-set crops) with this "
+                "probability, keeping at least one (VSE-inf: 0.2; 0 = off); never in validation or eval"})
     text_pool: str = field(default="last", metadata={
         "help": "caption pooling over GRU states: last (paper), mean, adaptive (Zhang et al.), gpo (VSE-inf)",
         "choices": TEXT_POOLS})
@@ -61,7 +65,13 @@ class TrainConfig(StageConfig):
     word_dim: int = field(default=WORD_DIM, metadata={"help": "word embedding size (paper: 300)"})
     vocab_min_count: int = field(default=VOCAB_MIN_COUNT, metadata={
         "help": "min train-caption count of a word to get its own id (reference: 4)"})
+    tokenizer: str = field(default="basic", metadata={
+        "help": "how captions become words: basic (this project's) or nltk (the reference code's word_tokenize, "
+                "as its released models read text); recorded in vocab.json", "choices": TOKENIZERS})
     image_norm: bool = field(default=True, metadata={"help": "L2-normalise image embeddings (paper: yes)"})
+    feature_norm: bool = field(default=False, metadata={
+        "help": "L2-normalise each image feature vector before the projection (the reference code's full-image "
+                "encoder does; its precomputed-feature one does not)"})
     abs_embeddings: bool = field(default=False, metadata={"help": "absolute value of both embeddings "
                                                                   "(order embeddings, paper Table 4)"})
     caption_head: bool = field(default=False, metadata={"help": "extra linear layer after caption pooling "
@@ -111,9 +121,9 @@ class TrainConfig(StageConfig):
     seed: int = field(default=0, metadata={"help": "seed of init, caption order and random crops"})
     overwrite: bool = field(default=False, metadata={
         "help": "start afresh in an out-dir that holds another run's checkpoints (they are deleted)"})
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda",
-                                                  "choices": DEVICES})
-    amp: str = field(default="none", metadata={"help": "autocast on cuda: none, bf16 or fp16 (with GradScaler)",
+    device: str = device_field()
+    amp: str = field(default="none", metadata={"help": "autocast: none, bf16 or fp16 (with GradScaler) on cuda, "
+                                                       "bf16 on a CPU with native bf16 (AMX, AVX512-BF16)",
                                                "choices": AMP_MODES})
 
     def all_train_splits(self) -> tuple[str, ...]:
@@ -135,9 +145,12 @@ class TrainConfig(StageConfig):
                             "lseh_lambda", "log_every")
         if not self.lr > 0 or not self.group_temperature > 0:
             raise ValueError(f"--lr ({self.lr}) and --group-temperature ({self.group_temperature}) must be > 0")
-        if self.image_pool == "adaptive" and self.feature_mode != "10c-set":
-            raise ValueError(f"--image-pool adaptive pools the ten crops, but --feature-mode is "
-                             f"{self.feature_mode!r}; use --feature-mode 10c-set (a store extracted with --crops 10)")
+        if self.feature_mode not in SET_FEATURE_MODES and (self.image_pool != "mean" or self.region_drop):
+            flag = f"--image-pool {self.image_pool}" if self.image_pool != "mean" else f"--region-drop {self.region_drop}"
+            raise ValueError(f"{flag} works on an image's set, but --feature-mode is {self.feature_mode!r}; use "
+                             f"--feature-mode 10c-set (a --crops 10 store) or regions (a region store)")
+        if not 0 <= self.region_drop < 1:
+            raise ValueError(f"--region-drop {self.region_drop} must be a probability in [0, 1)")
         if self.tensorboard:
             check_tensorboard_installed()
         unused = unused_loss_options(self)
@@ -164,10 +177,3 @@ PRESETS: dict[str, dict] = {
     # LSEH (Gong & Cosma): MH with semantically enhanced margins, the authors' alpha and lambda.
     "lseh": {"loss": "mh", "margin_source": "lseh", "margin": LSEH_ALPHA, "lseh_lambda": LSEH_LAMBDA},
 }
-
-
-def apply_preset(config: TrainConfig, name: str) -> TrainConfig:
-    """Return a copy of `config` with the overrides of PRESETS[name]."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
-    return dataclasses.replace(config, **PRESETS[name])

@@ -9,7 +9,12 @@ Feature modes (what one caption's image looks like in a batch):
   "1c"          the center crop, [B, D] (store kind 1c);
   "10c"         the mean of the ten crops, [B, D], averaged in float32 per batch (paper 10C);
   "10c-random"  one crop per caption, drawn from (seed, epoch, step), [B, D] (validation: the mean);
-  "10c-set"     all ten crops, [B, 10, D], reduced by the model's --image-pool (mean or adaptive).
+  "10c-set"     all ten crops, [B, 10, D], pooled by the model's --image-pool (mean, adaptive or gpo);
+  "regions"     a region store's K vectors per image, [B, K, D], pooled the same way: the crop set and the
+                region set are one idea and take one path (SET_FEATURE_MODES) from here to the pooling.
+A set mode may drop vectors at random in training (--region-drop, VSE-infinity's size augmentation), drawn
+from (seed, epoch, step) like the crops: each set keeps its vectors in order, packed at the front, and its
+size goes in Batch.image_lengths (the pooling masks the rest). Validation and eval never drop.
 """
 
 from __future__ import annotations
@@ -20,21 +25,58 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.choices import FEATURE_MODES
+from common.choices import FEATURE_MODES, SET_FEATURE_MODES
 from train.prefetch import prefetch
 from train.text import Vocabulary, caption_tokens
 
 NUM_CROPS = 10
 # Independent random streams, keyed by (seed, epoch, [step,] stream): 2 is the group loss's random-k stream
 # (train/losses/group.py), 3 finetune's random crops (train/finetune/data.py).
-ORDER_STREAM, CROP_STREAM, LOADER_STREAM = 0, 1, 4
+ORDER_STREAM, CROP_STREAM, LOADER_STREAM, DROP_STREAM = 0, 1, 4, 5
 
 
 def store_kind(feature_mode: str) -> str:
-    """Store feature kind ("1c" or "10c") a feature mode reads."""
+    """Store feature kind ("1c", "10c" or "regions") a feature mode reads."""
     if feature_mode not in FEATURE_MODES:
         raise ValueError(f"unknown feature mode {feature_mode!r}; valid: {', '.join(FEATURE_MODES)}")
-    return "1c" if feature_mode == "1c" else "10c"
+    return feature_mode if feature_mode in ("1c", "regions") else "10c"
+
+
+def check_feature_mode(store: object, feature_mode: str, *, option: str = "--feature-mode") -> None:
+    """ValueError when `store` lacks the features `feature_mode` reads, naming the modes that fit it."""
+    kind, held = store_kind(feature_mode), store.feature_kinds
+    if kind not in held:
+        fitting = [mode for mode in FEATURE_MODES if store_kind(mode) in held]
+        other = {"10c": "re-extract with --crops 10", "regions": "import region features (`pipeline.py "
+                 "import-features`)"}.get(kind, "extract CNN features (`pipeline.py extract`)")
+        raise ValueError(f"{option} {feature_mode} reads {kind} features, but {getattr(store, 'path', 'the store')} "
+                         f"holds {', '.join(held)} ({store.describe()}); the feature modes this store serves: "
+                         f"{', '.join(fitting)}; or {other}")
+
+
+def region_keep_mask(generator: np.random.Generator, count: int, set_size: int, drop: float) -> np.ndarray:
+    """Which vectors of `count` sets of `set_size` survive a random drop: bool [count, set_size].
+
+    keep[b, k] = u[b, k] >= drop with u uniform in [0, 1) (each vector dropped with probability `drop`), and
+    keep[b, argmax_k u[b, k]] = True: the vector with the largest draw always stays, so no set is ever empty.
+    """
+    draws = generator.random((count, set_size))
+    keep = draws >= drop
+    keep[np.arange(count), draws.argmax(axis=1)] = True
+    return keep
+
+
+def pack_sets(features: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kept vectors moved to the front of each set, in their order, zeros after them.
+
+    features [B, K, D], keep bool [B, K] -> (packed [B, K, D], lengths int64 [B] = keep.sum(1)) with
+    packed[b, :lengths[b]] = features[b][keep[b]] and packed[b, lengths[b]:] = 0.
+    """
+    order = np.argsort(~keep, axis=1, kind="stable")  # kept positions first, each group in its own order
+    packed = np.take_along_axis(features, order[:, :, None], axis=1)
+    lengths = keep.sum(axis=1).astype(np.int64)
+    packed[np.arange(keep.shape[1])[None, :] >= lengths[:, None]] = 0.0
+    return packed, lengths
 
 
 def eval_feature_mode(feature_mode: str) -> str:
@@ -47,8 +89,8 @@ def read_image_features(features: np.ndarray, image_rows: np.ndarray, *, feature
     """float32 features of `image_rows` (one per caption, repeats allowed) read from a row reader.
 
     Reads only the sorted unique rows (locality; h5py Datasets need it too), then maps back with the
-    inverse. `crop_indices` [B] in [0, 10) is required for "10c-random". Shapes: [B, D], or [B, 10, D]
-    for "10c-set".
+    inverse. `crop_indices` [B] in [0, 10) is required for "10c-random". Shapes: [B, D], or the set
+    [B, K, D] for the set modes ("10c-set": K = 10; "regions": the store's K).
     """
     unique_rows, inverse = np.unique(np.asarray(image_rows, dtype=np.int64), return_inverse=True)
     block = np.asarray(features[unique_rows], dtype=np.float32)  # [U, D] or [U, 10, D]; fp16 -> fp32 here
@@ -56,7 +98,7 @@ def read_image_features(features: np.ndarray, image_rows: np.ndarray, *, feature
         return block[inverse]
     if feature_mode == "10c":
         return block.mean(axis=1)[inverse]
-    if feature_mode == "10c-set":
+    if feature_mode in SET_FEATURE_MODES:
         return block[inverse]
     if feature_mode == "10c-random":
         if crop_indices is None or len(crop_indices) != len(image_rows):
@@ -151,9 +193,10 @@ class Batch:
 
     tokens: torch.Tensor  # int64 [B, T], 0-padded, <start> ... <end>
     lengths: torch.Tensor  # int64 [B]
-    images: torch.Tensor  # float32 [B, D] or [B, 10, D]
+    images: torch.Tensor  # float32 [B, D] or a set [B, K, D]
     image_ids: torch.Tensor  # int64 [B], store image row of each caption (positives share it)
     caption_rows: torch.Tensor  # int64 [B], store caption row (e.g. to gather LSEH semantic vectors)
+    image_lengths: torch.Tensor | None = None  # int64 [B], each set's size after a region drop; None = all K
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -163,12 +206,14 @@ class Batch:
         pinned memory to a GPU."""
         return Batch(tokens=self.tokens.to(device, non_blocking=True), lengths=self.lengths,
                      images=self.images.to(device, non_blocking=True),
-                     image_ids=self.image_ids.to(device, non_blocking=True), caption_rows=self.caption_rows)
+                     image_ids=self.image_ids.to(device, non_blocking=True), caption_rows=self.caption_rows,
+                     image_lengths=self.image_lengths)  # on the CPU like lengths: the pooling checks them
 
     def pin_memory(self) -> "Batch":
         """The batch in page-locked memory (called by DataLoader(pin_memory=True) and the prefetch thread)."""
         return Batch(tokens=self.tokens.pin_memory(), lengths=self.lengths, images=self.images.pin_memory(),
-                     image_ids=self.image_ids.pin_memory(), caption_rows=self.caption_rows)
+                     image_ids=self.image_ids.pin_memory(), caption_rows=self.caption_rows,
+                     image_lengths=self.image_lengths)
 
 
 class CaptionBatches(torch.utils.data.Dataset):
@@ -179,12 +224,17 @@ class CaptionBatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, store: object, *, splits: Sequence[str], vocab: Vocabulary, feature_mode: str,
-                 batch_size: int, seed: int, share: RankShare = RankShare()) -> None:
+                 batch_size: int, seed: int, share: RankShare = RankShare(), region_drop: float = 0.0) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        if region_drop and (feature_mode not in SET_FEATURE_MODES or not 0 <= region_drop < 1):
+            raise ValueError(f"region drop {region_drop} needs a set feature mode ({', '.join(SET_FEATURE_MODES)}, "
+                             f"not {feature_mode!r}) and a probability in [0, 1)")
+        check_feature_mode(store, feature_mode)
         self.store = store
         self.kind = store_kind(feature_mode)
         self.feature_mode = feature_mode
+        self.region_drop = region_drop
         self.batch_size = batch_size
         self.seed = seed
         self.caption_rows = store.caption_indices(list(splits))
@@ -192,7 +242,8 @@ class CaptionBatches(torch.utils.data.Dataset):
             raise ValueError(f"no captions with extracted images in splits {list(splits)} of "
                              f"{getattr(store, 'path', 'the store')}; check the splits and the extraction")
         self.caption_image_rows = store.caption_image_index[self.caption_rows]
-        self.token_ids = [vocab.encode(tokens) for tokens in caption_tokens(store, self.caption_rows.tolist())]
+        tokens = caption_tokens(store, self.caption_rows.tolist(), tokenizer=vocab.tokenizer)
+        self.token_ids = [vocab.encode(caption) for caption in tokens]
         self.steps_per_epoch = -(-len(self.caption_rows) // batch_size)  # the last batch may be short
         share.check(batch_size=batch_size, num_captions=len(self.caption_rows))
         self.share = share
@@ -221,16 +272,24 @@ class CaptionBatches(torch.utils.data.Dataset):
         if self.feature_mode == "10c-random":
             crops = np.random.default_rng([self.seed, epoch, step, CROP_STREAM]).integers(0, NUM_CROPS,
                                                                                           len(positions))
+        rows = self.store.feature_rows(self.kind)
+        keep = None
+        if self.region_drop:  # drawn for the global batch, so every rank's share is the single process's
+            keep = region_keep_mask(np.random.default_rng([self.seed, epoch, step, DROP_STREAM]), len(positions),
+                                    rows.shape[1], self.region_drop)
         mine = self.share.of(len(positions))
         positions, crops = positions[mine], None if crops is None else crops[mine]
         image_rows = self.caption_image_rows[positions]
-        features = read_image_features(self.store.feature_rows(self.kind), image_rows,
-                                       feature_mode=self.feature_mode, crop_indices=crops)
+        features = read_image_features(rows, image_rows, feature_mode=self.feature_mode, crop_indices=crops)
         check_finite(features, image_rows, store=self.store, kind=self.kind)
+        image_lengths = None
+        if keep is not None:
+            features, image_lengths = pack_sets(features, keep[mine])
+            image_lengths = torch.from_numpy(image_lengths)
         tokens, lengths = pad_token_ids([self.token_ids[position] for position in positions])
         return Batch(tokens=tokens, lengths=lengths, images=torch.from_numpy(features),
                      image_ids=torch.from_numpy(image_rows.astype(np.int64)),
-                     caption_rows=torch.from_numpy(self.caption_rows[positions]))
+                     caption_rows=torch.from_numpy(self.caption_rows[positions]), image_lengths=image_lengths)
 
     def epoch_batches(self, epoch: int, *, start_step: int = 0, workers: int = 0,
                       pin_memory: bool = False) -> Iterator[Batch]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from train.data import eval_feature_mode, pad_token_ids, read_image_features, store_kind
+from train.data import check_feature_mode, eval_feature_mode, pad_token_ids, read_image_features, store_kind
 from train.losses.similarity import similarity_function
 from train.model import VSEModel
 from train.text import Vocabulary, caption_tokens
@@ -16,8 +16,10 @@ from train.text import Vocabulary, caption_tokens
 @torch.no_grad()
 def encode_store_images(model: VSEModel, store: object, image_rows: np.ndarray, *, feature_mode: str,
                         batch_size: int, device: torch.device | str) -> torch.Tensor:
-    """image_emb [N, E] float32 on the CPU for `image_rows`, read from the store in batches."""
+    """image_emb [N, E] float32 on the CPU for `image_rows`, read from the store in batches (sets whole: no
+    region drop outside training)."""
     mode = eval_feature_mode(feature_mode)
+    check_feature_mode(store, mode, option="the model's feature mode")
     features = store.feature_rows(store_kind(mode))
     chunks = []
     for start in range(0, len(image_rows), batch_size):
@@ -65,7 +67,8 @@ def encode_split(model: VSEModel, store: object, *, splits: Sequence[str], featu
     try:
         image_emb = encode_store_images(model, store, image_rows, feature_mode=feature_mode,
                                         batch_size=batch_size, device=device)
-        caption_emb = encode_token_lists(model, caption_tokens(store, caption_rows.tolist()), vocab=vocab,
+        tokens = caption_tokens(store, caption_rows.tolist(), tokenizer=vocab.tokenizer)
+        caption_emb = encode_token_lists(model, tokens, vocab=vocab,
                                          batch_size=batch_size, device=device)
     finally:
         model.train(was_training)

@@ -27,16 +27,11 @@ first), time-major, so the active rows of step t are a contiguous prefix [offset
 With h0 = 0 (the default) the first step's W_hh h0, its rows of dW_hh and the product for dh0 are exact
 zeros and are skipped (the one difference from nn.GRU: a NaN or inf in W_hh reaches its first state only there).
 
-Variants measured (GRU 1024, word dim 300, batch 128, 12-16 tokens; forward + backward of the GRU alone,
-2 threads, all variants alternated in one process on a quiet machine, medians): packed nn.GRU 390-418 ms;
-first version (b_hh inside each step's addmm, whose broadcast bias copy costs ~0.3 ms a step, and sub/mul
-chains for the gate math) 328; b_hr, b_hz folded into the input bias 325; the fused ATen ops below (lerp,
-tanh_backward, sigmoid_backward) 325-330, i.e. within noise, kept for fewer passes over memory; the gate math of
-each step under torch.compile (dynamic or static shapes) 338-341, its kernels slower than the ATen ops;
-a contiguous copy of W_hh^T for the forward products 315 against 312, no gain; skipping the zero products of
-h0 = 0: 309 against 329. Masking all B rows at every step instead of sorting would run B * T_max rows through
-the sequential products instead of N (+13% at these lengths). The products take ~85% of the time and run at
-130-175 GFLOP/s, close to this CPU's 4096^3 rate (~170), so little is left to win outside them.
+The time is in the products (~85% of the GRU's forward + backward, at close to the CPU's large-matmul rate;
+bench/train_step.py, BENCHMARKS.md "Training step"), so the gate math uses fused ATen ops (lerp,
+tanh_backward, sigmoid_backward) for fewer passes over memory, b_hr and b_hz are folded into the input bias,
+and rows are sorted by length rather than masked: masking all B rows at every step would run B * T_max rows
+through the sequential products instead of N.
 """
 
 from __future__ import annotations
@@ -47,6 +42,12 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """a @ b; with `dtype` (CPU autocast's bf16) the product runs in it and returns float32 (the gate math,
+    the state and the gradients stay float32, as autocast keeps pointwise ops)."""
+    return a @ b if dtype is None else (a.to(dtype) @ b.to(dtype)).float()
 
 
 @dataclass(frozen=True)
@@ -77,17 +78,22 @@ def pack_plan(lengths: torch.Tensor, total_length: int) -> PackPlan:
 
 
 class _GRUFunction(torch.autograd.Function):
-    """Forward and backward of the packed GRU; see the module docstring for the formulas."""
+    """Forward and backward of the packed GRU; see the module docstring for the formulas. `dtype` None: float32
+    throughout; bf16: every product runs in it (weights cast once per forward), all else in float32."""
 
     @staticmethod
-    def forward(ctx, inputs, h0, weight_ih, weight_hh, bias_ih, bias_hh, plan: PackPlan):
+    def forward(ctx, inputs, h0, weight_ih, weight_hh, bias_ih, bias_hh, plan: PackPlan, dtype):
         batch, total_length, input_size = inputs.shape
         hidden = weight_hh.shape[1]
         tokens = plan.padded_index.shape[0]
         x = inputs.reshape(batch * total_length, input_size).index_select(0, plan.padded_index)  # [N, I]
         # b_hr, b_hz join the input bias (they are only ever added to it); b_hn cannot: r * (W_hn h + b_hn)
         bias = torch.cat([bias_ih[:2 * hidden] + bias_hh[:2 * hidden], bias_ih[2 * hidden:]])
-        gates = torch.addmm(bias, x, weight_ih.t())  # [N, 3H]; becomes [r, z, n] in place below
+        if dtype is not None:  # cast once: the products below and in the backward read these copies
+            weight_ih, weight_hh = weight_ih.to(dtype), weight_hh.to(dtype)
+            gates = _matmul(x, weight_ih.t(), dtype).add_(bias)
+        else:
+            gates = torch.addmm(bias, x, weight_ih.t())  # [N, 3H]; becomes [r, z, n] in place below
         hidden_gates = torch.empty_like(gates)       # W_hh h of every step, b_hn added to its n part
         states = torch.empty(tokens, hidden, dtype=inputs.dtype)
         zero_h0 = h0 is None
@@ -97,6 +103,8 @@ class _GRUFunction(torch.autograd.Function):
             rows = slice(offset, offset + size)
             if offset == 0 and zero_h0:  # W_hh 0 = 0: no product for the first step
                 gh = hidden_gates[rows].zero_()
+            elif dtype is not None:
+                gh = hidden_gates[rows].copy_(_matmul(h[:size], weight_hh.t(), dtype))
             else:
                 gh = torch.mm(h[:size], weight_hh.t(), out=hidden_gates[rows])
             g = gates[rows]
@@ -105,7 +113,7 @@ class _GRUFunction(torch.autograd.Function):
             ghn = gh[:, 2 * hidden:].add_(bias_hn)
             n.addcmul_(r, ghn).tanh_()
             h = torch.lerp(n, h[:size], z, out=states[rows])  # n + z (h - n), one op instead of three
-        ctx.plan, ctx.shape = plan, inputs.shape
+        ctx.plan, ctx.shape, ctx.dtype = plan, inputs.shape, dtype
         ctx.save_for_backward(x, h0, weight_ih, weight_hh, gates, hidden_gates, states)
         ctx.set_materialize_grads(False)  # an unused output (often `states`) costs no backward work
         padded = states.new_zeros(batch * total_length, hidden).index_copy_(0, plan.padded_index, states)
@@ -115,7 +123,7 @@ class _GRUFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_states, grad_last):
         x, h0, weight_ih, weight_hh, gates, hidden_gates, states = ctx.saved_tensors
-        plan, (batch, total_length, input_size) = ctx.plan, ctx.shape
+        plan, (batch, total_length, input_size), dtype = ctx.plan, ctx.shape, ctx.dtype
         hidden = weight_hh.shape[1]
         if grad_states is None:
             grad_h = states.new_zeros(states.shape)
@@ -150,22 +158,29 @@ class _GRUFunction(torch.autograd.Function):
                                                        grad_input=dgh[:, :2 * hidden])
             torch.mul(dn, r, out=dgh[:, 2 * hidden:])
             if offset > 0 or needs[1]:  # the first step's carry is dh0, needed only for a given h0
-                carry = torch.addmm(torch.mul(dh, z), dgh, weight_hh)  # the only sequential product
+                if dtype is None:
+                    carry = torch.addmm(torch.mul(dh, z), dgh, weight_hh)  # the only sequential product
+                else:
+                    carry = _matmul(dgh, weight_hh, dtype).add_(torch.mul(dh, z))
         grad_inputs = grad_h0 = grad_weight_ih = grad_weight_hh = grad_bias_ih = grad_bias_hh = None
         if needs[0]:
-            grad_x = torch.addmm(grad_n @ weight_ih[2 * hidden:], grad_gh[:, :2 * hidden], weight_ih[:2 * hidden])
+            grad_x = _matmul(grad_n, weight_ih[2 * hidden:], dtype)
+            if dtype is None:
+                grad_x = torch.addmm(grad_x, grad_gh[:, :2 * hidden], weight_ih[:2 * hidden])
+            else:
+                grad_x += _matmul(grad_gh[:, :2 * hidden], weight_ih[:2 * hidden], dtype)
             grad_inputs = x.new_zeros(batch * total_length, input_size).index_copy_(0, plan.padded_index, grad_x)
             grad_inputs = grad_inputs.view(batch, total_length, input_size)
         if needs[1]:
             grad_h0 = torch.empty_like(carry).index_copy_(0, plan.order, carry)  # bs_0 = B: every row
         if needs[2]:
-            grad_weight_ih = torch.cat([grad_gh[:, :2 * hidden].t() @ x, grad_n.t() @ x])
+            grad_weight_ih = torch.cat([_matmul(grad_gh[:, :2 * hidden].t(), x, dtype), _matmul(grad_n.t(), x, dtype)])
         if needs[3]:
-            grad_weight_hh = grad_gh[skipped:].t() @ h_prev
+            grad_weight_hh = _matmul(grad_gh[skipped:].t(), h_prev, dtype)
         if needs[4] or needs[5]:
             grad_bias_hh = grad_gh.sum(0)
             grad_bias_ih = torch.cat([grad_bias_hh[:2 * hidden], grad_n.sum(0)])  # r, z parts are shared
-        return grad_inputs, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, None
+        return grad_inputs, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, None, None
 
 
 class PackedGRU(nn.GRU):
@@ -201,5 +216,11 @@ class PackedGRU(nn.GRU):
             packed_states, last_state = super().forward(packed, None if h0 is None else h0.unsqueeze(0))
             states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=total_length)
             return states, last_state[0]
-        return _GRUFunction.apply(inputs, h0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0,
-                                  self.bias_hh_l0, pack_plan(lengths, total_length))
+        # Under CPU autocast (--amp bf16) the products run in its dtype, the rest in float32 (autocast itself
+        # would hand the in-place gate math bf16 and float32 tensors at once)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        if dtype is not None:
+            inputs, h0 = inputs.float(), None if h0 is None else h0.float()
+        with torch.autocast("cpu", enabled=False):
+            return _GRUFunction.apply(inputs, h0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0,
+                                      self.bias_hh_l0, pack_plan(lengths, total_length), dtype)

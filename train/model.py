@@ -74,32 +74,43 @@ class TextEncoder(nn.Module):
 
 
 class ImageHead(nn.Module):
-    """Image features [B, D] or a crop set [B, K, D] -> image embeddings [B, E].
+    """Image features [B, D] or a set [B, K, D] (ten crops or K regions) -> image embeddings [B, E].
 
     Each feature vector is projected by Linear(D, E) (Xavier init); a set is then pooled over K by
-    image_pool ("mean", or "adaptive" of Zhang et al.); then L2 norm when image_norm. Projecting then
-    mean-pooling equals mean-pooling then projecting (linear), so "10c" and "10c-set"+"mean" agree.
+    image_pool ("mean", "adaptive" of Zhang et al., or "gpo" of VSE-infinity, which pools the projected
+    regions the same way); then L2 norm when image_norm. Projecting then mean-pooling equals mean-pooling
+    then projecting (linear), so "10c" and "10c-set"+"mean" agree. `lengths` [B] gives each set's size
+    after a region drop (its vectors packed at the front); None means every set is whole. With feature_norm,
+    each feature vector is first L2-normalised (the reference code's full-image encoder: l2norm(cnn(x)) -> fc).
     """
 
     def __init__(self, feature_dim: int, *, embed_dim: int, image_pool: str = "mean",
-                 image_norm: bool = True) -> None:
+                 image_norm: bool = True, feature_norm: bool = False) -> None:
         super().__init__()
         self.feature_dim = feature_dim
         self.fc = xavier_linear(feature_dim, embed_dim)
         self.pool = _set_pool(image_pool, embed_dim, IMAGE_POOLS, "image pool")
-        self.image_norm = image_norm
+        self.image_norm, self.feature_norm = image_norm, feature_norm
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """[B, D] or [B, K, D] float -> [B, E]."""
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, D] or [B, K, D] float (with optional set sizes lengths [B]) -> [B, E]."""
         if features.shape[-1] != self.feature_dim or features.dim() not in (2, 3):
             raise ValueError(f"image features of shape {tuple(features.shape)} do not fit this head "
                              f"([B, {self.feature_dim}] or [B, K, {self.feature_dim}])")
-        projected = self.fc(features)
+        if lengths is not None and features.dim() != 3:
+            raise ValueError(f"set sizes were given for image features of shape {tuple(features.shape)}, not a set")
+        projected = self.fc(F.normalize(features, dim=-1) if self.feature_norm else features)
         if projected.dim() == 3:  # [B, K, E] -> [B, E]
-            lengths = torch.full((projected.shape[0],), projected.shape[1], dtype=torch.int64,
-                                 device=projected.device)
-            projected = projected.mean(dim=1) if self.pool is None else self.pool(projected, lengths)
+            projected = self._pool_set(projected, lengths)
         return F.normalize(projected, dim=-1) if self.image_norm else projected
+
+    def _pool_set(self, projected: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if lengths is None:  # whole sets: the plain mean (what "10c" computes), no mask to build
+            if self.pool is None:
+                return projected.mean(dim=1)
+            lengths = torch.full((projected.shape[0],), projected.shape[1], dtype=torch.int64)
+        lengths = lengths.to(projected.device)
+        return pooling.masked_mean(projected, lengths) if self.pool is None else self.pool(projected, lengths)
 
 
 class ImageEncoder(nn.Module):
@@ -114,10 +125,10 @@ class ImageEncoder(nn.Module):
         """Put a CNN (returning [B, D], D = head.feature_dim) in front of the head, or remove it."""
         self.backbone = backbone
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Precomputed features (no backbone) or images (with a backbone) -> [B, E]."""
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Precomputed features (no backbone; a set may come with its sizes) or images (with a backbone) -> [B, E]."""
         features = inputs if self.backbone is None else self.backbone(inputs)
-        return self.head(features)
+        return self.head(features, lengths)
 
 
 class VSEModel(nn.Module):
@@ -130,9 +141,9 @@ class VSEModel(nn.Module):
         self.text_encoder = text_encoder
         self.abs_embeddings = abs_embeddings
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Features [B, D] / [B, K, D] (or images, with a backbone) -> image_emb [B, E]."""
-        image_emb = self.image_encoder(images)
+    def encode_images(self, images: torch.Tensor, image_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Features [B, D] / [B, K, D] with optional set sizes [B] (or images, with a backbone) -> image_emb [B, E]."""
+        image_emb = self.image_encoder(images, image_lengths)
         return image_emb.abs() if self.abs_embeddings else image_emb
 
     def encode_captions(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -140,16 +151,16 @@ class VSEModel(nn.Module):
         caption_emb = self.text_encoder(tokens, lengths)
         return caption_emb.abs() if self.abs_embeddings else caption_emb
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor,
-                lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (image_emb [B, E], caption_emb [B, E])."""
-        return self.encode_images(images), self.encode_captions(tokens, lengths)
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor,
+                image_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (image_emb [B, E], caption_emb [B, E]); image_lengths [B]: the sizes of image sets after a drop."""
+        return self.encode_images(images, image_lengths), self.encode_captions(tokens, lengths)
 
 
 def build_model(config: TrainConfig, *, vocab_size: int, feature_dim: int) -> VSEModel:
     """The VSE model of `config` for precomputed features of size `feature_dim` (no backbone)."""
     head = ImageHead(feature_dim, embed_dim=config.embed_dim, image_pool=config.image_pool,
-                     image_norm=config.image_norm)
+                     image_norm=config.image_norm, feature_norm=config.feature_norm)
     text = TextEncoder(vocab_size, word_dim=config.word_dim, embed_dim=config.embed_dim,
                        text_pool=config.text_pool, caption_head=config.caption_head)
     return VSEModel(ImageEncoder(head), text, abs_embeddings=config.abs_embeddings)

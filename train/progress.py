@@ -1,5 +1,5 @@
-"""What a run shows and keeps while it trains: metrics.jsonl, progress (a bar on terminals, log lines elsewhere),
-and a Ctrl-C that waits for the end of the step."""
+"""What a run keeps while it trains: metrics.jsonl, the steps since the last log line (read from the device only
+then), and a Ctrl-C that waits for the end of the step. The progress shown is common.progress.Progress."""
 
 from __future__ import annotations
 
@@ -7,20 +7,16 @@ import contextlib
 import json
 import logging
 import signal
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tqdm import tqdm
+import torch
 
 from common.files import atomic_write_text
-from common.progress import duration
 
 logger = logging.getLogger(__name__)
 
-RUNNING_LOSS_DECAY = 0.9  # exponential moving average of the loss shown in progress
 
 
 class MetricsLog:
@@ -61,36 +57,66 @@ class MetricsLog:
         return len(lines) - len(kept)
 
 
-class ProgressReport:
-    """Progress of one epoch: a tqdm bar on a terminal; elsewhere (a log file, a job) one log line every `every`
-    steps with step/total, loss, steps/s and ETA, as torchvision's MetricLogger prints."""
+class StepWindow:
+    """The steps since the last log line. Losses and gradient norms stay on the device as the steps add them;
+    `read` takes them to the host at once (one wait per log line, none per step) and starts a new window."""
 
-    def __init__(self, *, epoch: int, total: int, done: int, every: int, enabled: bool,
-                 terminal: bool | None = None) -> None:
-        self.epoch, self.total, self.done, self.every = epoch, total, done, max(every, 1)
-        terminal = sys.stderr.isatty() if terminal is None else terminal
-        self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True,
-                        disable=not (enabled and terminal), leave=False)
-        self.lines = enabled and not terminal
-        self.start, self.start_done = time.perf_counter(), done
-        self.running_loss: float | None = None
+    def __init__(self) -> None:
+        self._clear()
 
-    def update(self, loss: float) -> None:
-        """One more step done with this loss."""
-        self.done += 1
-        self.running_loss = loss if self.running_loss is None else (
-            RUNNING_LOSS_DECAY * self.running_loss + (1 - RUNNING_LOSS_DECAY) * loss)
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{self.running_loss:.4g}", refresh=False)
-        if self.lines and (self.done % self.every == 0 or self.done == self.total):
-            elapsed = time.perf_counter() - self.start
-            rate = (self.done - self.start_done) / max(elapsed, 1e-9)
-            eta = (self.total - self.done) / max(rate, 1e-9)
-            logger.info("epoch %d  step %d/%d  loss %.4g  %.2f steps/s  eta %s", self.epoch, self.done, self.total,
-                        self.running_loss, rate, duration(eta))
+    def _clear(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.grad_norms: list[torch.Tensor] = []
+        self.places: list[tuple[int, int]] = []  # (epoch, step) of each loss
+        self.captions, self.data_s, self.step_s = 0, 0.0, 0.0
+        self.logs: dict[str, float | torch.Tensor] = {}
 
-    def close(self) -> None:
-        self.bar.close()
+    def __len__(self) -> int:
+        return len(self.losses)
+
+    def add(self, loss: torch.Tensor, *, grad_norm: torch.Tensor | None, logs: dict, place: tuple[int, int],
+            captions: int, data_s: float, step_s: float) -> None:
+        """One step: its loss and gradient norm (0-dim tensors), its loss's logs, where it ran, its captions, and
+        the seconds spent waiting for its batch (data_s) and running it (step_s)."""
+        self.losses.append(loss.detach())
+        if grad_norm is not None:
+            self.grad_norms.append(grad_norm.detach())
+        self.places.append(place)
+        self.logs = logs
+        self.captions += captions
+        self.data_s += data_s
+        self.step_s += step_s
+
+    def check(self) -> None:
+        """FloatingPointError naming the first step of the window whose loss is not finite (one wait for the
+        device); the trainer checks before every log line, validation and save."""
+        if self.losses:
+            self._host_losses()
+
+    def _host_losses(self) -> torch.Tensor:
+        losses = torch.stack(self.losses).cpu()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            epoch, step = self.places[int(bad[0])]
+            raise FloatingPointError(f"loss is {losses[int(bad[0])].item()} at epoch {epoch}, step {step}; lower "
+                                     "--lr or check the features for NaN")
+        return losses
+
+    def read(self) -> dict:
+        """The window on the host: loss (the last step's), loss_mean over its window_steps, grad_norm (the mean
+        of what clipping returned, when it clips), data_s and step_s (per step), captions, the losses' logs as
+        numbers; then empty. Raises as `check` does."""
+        losses = self._host_losses()
+        steps = len(self.losses)
+        record = {"loss": losses[-1].item(), "loss_mean": losses.double().mean().item(), "window_steps": steps,
+                  "captions": self.captions,
+                  "data_s": self.data_s / steps, "step_s": self.step_s / steps,
+                  **{key: value if isinstance(value, (int, float)) else float(value)
+                     for key, value in self.logs.items()}}
+        if self.grad_norms:
+            record["grad_norm"] = torch.stack(self.grad_norms).double().mean().item()
+        self._clear()
+        return record
 
 
 @contextlib.contextmanager

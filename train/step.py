@@ -23,7 +23,7 @@ class TrainingStep(nn.Module):
     def forward(self, batch: Batch, *, epoch: int, step: int) -> LossOutput:
         device_type = batch.images.device.type
         with torch.autocast(device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            image_emb, caption_emb = self.model(batch.images, batch.tokens, batch.lengths)
+            image_emb, caption_emb = self.model(batch.images, batch.tokens, batch.lengths, batch.image_lengths)
         return self.loss(image_emb.float(), caption_emb.float(), batch.image_ids, caption_ids=batch.caption_rows,
                          epoch=epoch, step=step)
 

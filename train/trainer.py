@@ -19,6 +19,7 @@ import torch
 
 from common import distributed
 from common.device import AMP_DTYPES
+from common.progress import Progress
 from eval.metrics import recall_metrics
 from train import schedule
 from train.checkpoint import PROGRESS_KEYS, load_checkpoint, restore_training_state, save_checkpoint
@@ -27,7 +28,7 @@ from train.data import Batch
 from train.encode import encode_split, similarity_matrix
 from train.losses import VSELoss
 from train.model import VSEModel
-from train.progress import MetricsLog, ProgressReport, deferred_interrupt
+from train.progress import MetricsLog, StepWindow, deferred_interrupt
 from train.run_dir import BEST, LAST, METRICS_FILE
 from train.step import TrainingStep, distributed_step
 from train.tensorboard import TENSORBOARD_DIR, TensorBoardScalars
@@ -76,12 +77,12 @@ class Trainer:
     def __init__(self, model: VSEModel, loss: VSELoss, *, config: TrainConfig, batches: BatchSource,
                  validate: Callable[[VSEModel], dict[str, float]], out_dir: str | Path, vocab: Vocabulary,
                  model_spec: dict, kind: str = "train", param_groups: list[dict] | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", data: dict | None = None) -> None:
         """`param_groups` (Adam groups, each with its own base "lr") default to all trainable parameters of
         the model and the loss at config.lr; the schedule multiplies every group's base lr by the same factor
-        each epoch."""
+        each epoch. `data` is the identity of the training data the checkpoints carry (features.identity)."""
         self.config, self.batches, self.validate, self.vocab = config, batches, validate, vocab
-        self.out_dir, self.model_spec, self.kind = Path(out_dir), model_spec, kind
+        self.out_dir, self.model_spec, self.kind, self.data = Path(out_dir), model_spec, kind, data
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.loss = loss.to(self.device)
@@ -94,7 +95,7 @@ class Trainer:
             group["base_lr"] = group["lr"]
         self.params = [p for group in groups for p in group["params"]]
         self.optimizer = torch.optim.Adam(groups)
-        use_amp = config.amp != "none" and self.device.type == "cuda"
+        use_amp = config.amp != "none"  # the stage checked the device runs it (common.device.check_amp)
         self.scaler = torch.amp.GradScaler("cuda") if use_amp and config.amp == "fp16" else None
         self.dist = distributed.current()
         self.step_module = distributed_step(
@@ -103,6 +104,7 @@ class Trainer:
         tensorboard = config.tensorboard and self.dist.is_main
         mirror = TensorBoardScalars(self.out_dir / TENSORBOARD_DIR) if tensorboard else None
         self.metrics = MetricsLog(self.out_dir / METRICS_FILE, enabled=self.dist.is_main, mirror=mirror)
+        self.window = StepWindow()  # the steps since the last log line
         # where the next step starts; steps done; the best validation so far; the last validation's step
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
         self.best_rsum, self.best_epoch, self.best_step = -math.inf, -1, -1
@@ -136,7 +138,8 @@ class Trainer:
             return path
         save_checkpoint(path, model=self.model, loss=self.loss, optimizer=self.optimizer, scaler=self.scaler,
                         kind=self.kind, progress={key: getattr(self, key) for key in PROGRESS_KEYS},
-                        vocab=self.vocab.to_dict(), config=self.config.to_dict(), model_spec=self.model_spec)
+                        vocab=self.vocab.to_dict(), config=self.config.to_dict(), model_spec=self.model_spec,
+                        data=self.data)
         return path
 
     # -- steps ---------------------------------------------------------------------------------
@@ -148,31 +151,36 @@ class Trainer:
                                                  decay_factor=LR_DECAY_FACTOR)
         return self.optimizer.param_groups[0]["lr"]
 
-    def train_step(self, batch: Batch) -> tuple[float, dict[str, float]]:
-        """One optimisation step on `batch` -> (loss value, what the loss logs, e.g. the group loss's k)."""
+    def train_step(self, batch: Batch) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+        """One optimisation step on `batch` -> (the loss, what the loss logs, e.g. the group loss's k, and the
+        gradient norm clip_grad_norm_ returned, None without clipping), as tensors: nothing waits for the device.
+
+        A non-finite loss is found by the StepWindow check, at the latest at the next log step, validation or
+        save; the run then stops with FloatingPointError naming the step (the steps after it changed only
+        weights that are never saved).
+        """
         batch = batch.to(self.device)
         self.model.train()
         loss, logs = self.step_module(batch, epoch=self.epoch, step=self.step_in_epoch)
-        if not torch.isfinite(loss):  # the value is the global loss: every rank stops here together
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch}, step {self.step}; lower --lr "
-                                     "or check the features for NaN")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
+        grad_norm = None
         if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
-        return float(loss.item()), logs
+        return loss.detach(), logs, grad_norm
 
     def validate_and_save(self) -> dict[str, float]:
         """Validate (rank 0; every rank gets the result), log, save best.pt on a new best rsum, and last.pt."""
+        self.window.check()  # never save weights a non-finite loss has changed
         metrics = self.dist.broadcast(self.validate(self.model) if self.dist.is_main else None)
         self.validated_step = self.step
         if metrics["rsum"] > self.best_rsum:
@@ -219,37 +227,51 @@ class Trainer:
         """Steps from the current position to the end of the epoch (or the budget, or a Ctrl-C)."""
         lr = self.apply_learning_rate()
         steps_per_epoch = self.batches.steps_per_epoch
-        report = ProgressReport(epoch=self.epoch, total=steps_per_epoch, done=self.step_in_epoch,
-                                every=self.config.log_every, enabled=self.dist.is_main)
-        window_steps, window_start = 0, report.start
+        progress = Progress(f"epoch {self.epoch}", steps_per_epoch, unit="step", done=self.step_in_epoch,
+                            logger=logger, log_seconds=None, device=self.device, enabled=self.dist.is_main)
+        tick = time.perf_counter()
         try:
             for batch in self.batches.epoch_batches(self.epoch, start_step=self.step_in_epoch,
                                                     workers=self.config.workers,
                                                     pin_memory=self.device.type == "cuda"):
-                epoch = self.epoch
-                loss, logs = self.train_step(batch)
+                fetched = time.perf_counter()
+                place = (self.epoch, self.step)
+                loss, logs, grad_norm = self.train_step(batch)
+                self.window.add(loss, grad_norm=grad_norm, logs=logs, place=place,
+                                captions=len(batch) * self.dist.world_size,  # the ranks' shares are equal
+                                data_s=fetched - tick, step_s=time.perf_counter() - fetched)
                 self.step += 1
                 self.step_in_epoch += 1
-                window_steps += 1
-                report.update(loss)
+                progress.update(1)
                 if self.step % max(self.config.log_every, 1) == 0:
-                    now = time.perf_counter()
-                    self.metrics.append({"event": "step", "step": self.step, "epoch": epoch, "loss": loss, "lr": lr,
-                                         **logs, "steps_per_s": window_steps / max(now - window_start, 1e-9)})
-                    window_steps, window_start = 0, now
+                    self._log_window(place[0], lr, progress)
                 if self.step_in_epoch == steps_per_epoch:
                     self.epoch, self.step_in_epoch = self.epoch + 1, 0
                     self.validate_and_save()
                 elif self.config.val_every_steps and self.step % self.config.val_every_steps == 0:
                     self.validate_and_save()
                 if self.dist.any(interrupt["requested"]):  # all ranks stop at the same step
+                    self.window.check()
                     last = self.save(LAST)
                     logger.warning("interrupted: state at step %d saved to %s", self.step, last)
                     raise Interrupted(last, resumed_from=self.config.resume)
                 if self.budget_done():
                     break
+                tick = time.perf_counter()
         finally:
-            report.close()
+            progress.close()
+
+    def _log_window(self, epoch: int, lr: float, progress: Progress) -> None:
+        """The steps since the last log line: read from the device (FloatingPointError on a non-finite loss),
+        appended to metrics.jsonl and shown."""
+        window = self.window.read()
+        steps_per_s = 1.0 / max(window["data_s"] + window["step_s"], 1e-9)
+        self.metrics.append({"event": "step", "step": self.step, "epoch": epoch, "lr": lr, **window,
+                             "steps_per_s": steps_per_s})
+        shown = {"loss": f"{window['loss_mean']:.4g}", "lr": f"{lr:.3g}"}
+        if "grad_norm" in window:
+            shown["grad_norm"] = f"{window['grad_norm']:.3g}"
+        progress.report(**shown, data=f"{window['data_s']:.3f} s", step=f"{window['step_s']:.3f} s")
 
     def summary(self) -> dict:
         """Where the run stands and where its checkpoints are."""

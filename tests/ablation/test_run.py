@@ -63,7 +63,8 @@ def test_ten_crop_cell_on_a_one_crop_store_fails_before_any_run(tiny_ablation: A
     monkeypatch.setattr(ablation, "run_train", lambda cfg: pytest.fail("a run started"))
     cfg = dataclasses.replace(tiny_ablation, store=str(make_train_store("one.h5", crops=1)),
                               image_features=("1c", "10c-adaptive"))
-    with pytest.raises(ValueError, match=r"cell sh_10c-adaptive_last: .*crops=1; use --image-features 1c"):
+    with pytest.raises(ValueError, match=r"cell sh_10c-adaptive_last: .*holds 1c \(a CNN store, 1 crop per "
+                                         r"image\); use --image-features 1c$"):
         run_ablation(cfg)
     assert not Path(cfg.out_dir).exists()
 

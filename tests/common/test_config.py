@@ -28,7 +28,7 @@ def test_choices_required_and_numbers_are_checked():
         ToyConfig(path="p", mode="medium").validate()
     with pytest.raises(ValueError, match="--splits test is not one of train, val"):
         ToyConfig(path="p", splits=("train", "test")).validate()
-    with pytest.raises(ValueError, match="--size must be a number, got 'three'"):
+    with pytest.raises(ValueError, match="--size must be a whole number, got .three."):
         ToyConfig(path="p", size="three").validate()
 
 

@@ -10,6 +10,6 @@ TINY = {"num_train": 16, "num_val": 4, "num_test": 6, "num_restval": 2, "image_s
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_dataset_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of the Karpathy JSON of a tiny demo dataset (image root = its folder). Do not modify it."""
     return generate_demo_dataset(tmp_path_factory.mktemp("tiny_demo"), **TINY)

@@ -7,18 +7,24 @@ import pytest
 import torch
 import torchvision
 
-from demo.pretrain import pretrain_demo_backbone
+from demo.pretrain import PretrainConfig, pretrain_demo_backbone
 
 TINY_RUN = {"epochs": 1, "batch_size": 8, "resolution": 32, "bn_recalibration_images": 2, "seed": 0}
 
 
+def pretrain(dataset_json: Path, image_root: Path, out: Path, **options) -> Path:
+    return pretrain_demo_backbone(PretrainConfig(dataset_json=str(dataset_json), image_root=str(image_root),
+                                                 out_weights=str(out), **options))
+
+
 @pytest.fixture(scope="module")
-def pretrained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pretrained(demo_dataset_json: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Weights pretrained for one epoch at 32 px on the tiny dataset."""
     out = tmp_path_factory.mktemp("pretrain") / "demo_resnet18.pth"
-    return pretrain_demo_backbone(tiny_dataset, tiny_dataset.parent, out, **TINY_RUN)
+    return pretrain(demo_dataset_json, demo_dataset_json.parent, out, **TINY_RUN)
 
 
+@pytest.mark.slow
 def test_saved_weights_load_strictly_into_torchvision(pretrained: Path) -> None:
     state = torch.load(pretrained, weights_only=True)
     model = torchvision.models.resnet18()
@@ -38,6 +44,7 @@ def test_training_changed_the_random_init(pretrained: Path) -> None:
 
 def test_summary_json_records_settings_and_val_accuracy(pretrained: Path) -> None:
     summary = json.loads(pretrained.with_suffix(".json").read_text())
+    PretrainConfig.from_dict({key: summary[key] for key in PretrainConfig().to_dict()})  # the settings, whole
     assert summary["num_train"] == 16 and summary["num_val"] == 4 and summary["resolution"] == 32
     assert set(summary["val_accuracy"]) == {"majority_baseline", "37to32", "256to224"}
     for accuracy in summary["val_accuracy"].values():
@@ -45,8 +52,9 @@ def test_summary_json_records_settings_and_val_accuracy(pretrained: Path) -> Non
         assert all(0.0 <= value <= 1.0 for value in accuracy.values())
 
 
-def test_same_seed_gives_the_same_weights(pretrained: Path, tiny_dataset: Path, tmp_path: Path) -> None:
-    again = pretrain_demo_backbone(tiny_dataset, tiny_dataset.parent, tmp_path / "again.pth", **TINY_RUN)
+@pytest.mark.slow  # a second pretraining
+def test_same_seed_gives_the_same_weights(pretrained: Path, demo_dataset_json: Path, tmp_path: Path) -> None:
+    again = pretrain(demo_dataset_json, demo_dataset_json.parent, tmp_path / "again.pth", **TINY_RUN)
     first, second = torch.load(pretrained, weights_only=True), torch.load(again, weights_only=True)
     assert all(torch.equal(first[key], second[key]) for key in first)
 
@@ -57,9 +65,9 @@ def test_same_seed_gives_the_same_weights(pretrained: Path, tiny_dataset: Path, 
     ({"resolution": 16}, "resolution"),
     ({"device": "tpu"}, "device"),
 ])
-def test_bad_arguments_are_rejected(tiny_dataset: Path, tmp_path: Path, change: dict, message: str) -> None:
+def test_bad_arguments_are_rejected(demo_dataset_json: Path, tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        pretrain_demo_backbone(tiny_dataset, tiny_dataset.parent, tmp_path / "w.pth", **(TINY_RUN | change))
+        pretrain(demo_dataset_json, demo_dataset_json.parent, tmp_path / "w.pth", **(TINY_RUN | change))
     assert not (tmp_path / "w.pth").exists()
 
 
@@ -67,9 +75,9 @@ def test_a_json_without_attribute_labels_is_rejected(tmp_path: Path) -> None:
     plain = tmp_path / "dataset_coco.json"
     plain.write_text(json.dumps({"dataset": "coco", "images": []}))
     with pytest.raises(ValueError, match="attribute_classes"):
-        pretrain_demo_backbone(plain, tmp_path, tmp_path / "w.pth", **TINY_RUN)
+        pretrain(plain, tmp_path, tmp_path / "w.pth", **TINY_RUN)
     with pytest.raises(FileNotFoundError):
-        pretrain_demo_backbone(tmp_path / "missing.json", tmp_path, tmp_path / "w.pth", **TINY_RUN)
+        pretrain(tmp_path / "missing.json", tmp_path, tmp_path / "w.pth", **TINY_RUN)
 
 
 def test_batchnorm_recalibration_averages_statistics_at_224() -> None:

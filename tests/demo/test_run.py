@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from demo.run import DemoConfig, run_demo
 
 
+@pytest.mark.slow  # the whole demo: every stage
 def test_tiny_demo_runs_every_stage_and_writes_its_table(tmp_path, capsys):
     cfg = DemoConfig(out_dir=str(tmp_path / "demo"), num_train=8, num_val=3, num_test=3, pretrain_epochs=1,
                      train_epochs=2, warmup_epochs=1, embed_dim=16, word_dim=8, batch_size=8,

@@ -24,27 +24,27 @@ def _image_files(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((root / "images").iterdir())}
 
 
-def test_same_seed_gives_identical_bytes(tmp_path: Path, tiny_dataset: Path) -> None:
+def test_same_seed_gives_identical_bytes(tmp_path: Path, demo_dataset_json: Path) -> None:
     again = generate_demo_dataset(tmp_path, **TINY)
-    assert again.read_bytes() == tiny_dataset.read_bytes()
-    assert _image_files(tmp_path) == _image_files(tiny_dataset.parent)
+    assert again.read_bytes() == demo_dataset_json.read_bytes()
+    assert _image_files(tmp_path) == _image_files(demo_dataset_json.parent)
 
 
-def test_other_seed_gives_other_images(tmp_path: Path, tiny_dataset: Path) -> None:
+def test_other_seed_gives_other_images(tmp_path: Path, demo_dataset_json: Path) -> None:
     other = generate_demo_dataset(tmp_path, **(TINY | {"seed": TINY["seed"] + 1}))
-    assert _image_files(tmp_path) != _image_files(tiny_dataset.parent)
-    assert other.read_bytes() != tiny_dataset.read_bytes()
+    assert _image_files(tmp_path) != _image_files(demo_dataset_json.parent)
+    assert other.read_bytes() != demo_dataset_json.read_bytes()
 
 
-def test_images_of_a_split_do_not_depend_on_other_split_sizes(tmp_path: Path, tiny_dataset: Path) -> None:
+def test_images_of_a_split_do_not_depend_on_other_split_sizes(tmp_path: Path, demo_dataset_json: Path) -> None:
     generate_demo_dataset(tmp_path, **(TINY | {"num_train": 5}))
-    old, new = _image_files(tiny_dataset.parent), _image_files(tmp_path)
+    old, new = _image_files(demo_dataset_json.parent), _image_files(tmp_path)
     assert all(new[name] == old[name] for name in new if name.startswith(("test_", "val_")))
     assert len([name for name in new if name.startswith("train_")]) == 5
 
 
-def test_json_is_valid_karpathy_format(tiny_dataset: Path) -> None:
-    dataset = _load(tiny_dataset)
+def test_json_is_valid_karpathy_format(demo_dataset_json: Path) -> None:
+    dataset = _load(demo_dataset_json)
     assert dataset["dataset"] == "demo"
     images = dataset["images"]
     splits = [image["split"] for image in images]
@@ -54,7 +54,7 @@ def test_json_is_valid_karpathy_format(tiny_dataset: Path) -> None:
     sentids = [s["sentid"] for image in images for s in image["sentences"]]
     assert sentids == list(range(len(images) * 5))
     for image in images:
-        assert (tiny_dataset.parent / image["filepath"] / image["filename"]).is_file()
+        assert (demo_dataset_json.parent / image["filepath"] / image["filename"]).is_file()
         assert len(image["sentences"]) == 5
         assert len({s["raw"].lower().rstrip(".") for s in image["sentences"]}) == 5  # five different captions
         assert image["sentids"] == [s["sentid"] for s in image["sentences"]]
@@ -67,8 +67,8 @@ def test_json_is_valid_karpathy_format(tiny_dataset: Path) -> None:
             assert name == "relation" or value in ATTRIBUTE_CLASSES[name]
 
 
-def test_captions_mention_the_attributes(tiny_dataset: Path) -> None:
-    for image in _load(tiny_dataset)["images"]:
+def test_captions_mention_the_attributes(demo_dataset_json: Path) -> None:
+    for image in _load(demo_dataset_json)["images"]:
         attributes = image["attributes"]
         captions = [" " + " ".join(s["tokens"]) + " " for s in image["sentences"]]
         shape_words = (attributes["shape"], PLURALS[attributes["shape"]])
@@ -84,9 +84,9 @@ def test_captions_mention_the_attributes(tiny_dataset: Path) -> None:
         assert " left " not in everything and " right " not in everything  # 10-crop features cannot see it
 
 
-def test_images_open_as_rgb_of_the_stated_size(tiny_dataset: Path) -> None:
-    for image in _load(tiny_dataset)["images"]:
-        with Image.open(tiny_dataset.parent / image["filepath"] / image["filename"]) as opened:
+def test_images_open_as_rgb_of_the_stated_size(demo_dataset_json: Path) -> None:
+    for image in _load(demo_dataset_json)["images"]:
+        with Image.open(demo_dataset_json.parent / image["filepath"] / image["filename"]) as opened:
             assert opened.format == "JPEG"
             assert opened.mode == "RGB"
             assert opened.size == (TINY["image_size"], TINY["image_size"])

@@ -54,6 +54,7 @@ def test_all_images_equals_recall_metrics_on_dot_product(rng, make_index):
     assert (results["protocol"], results["num_images"], results["num_captions"]) == ("all-images", 37, 185)
 
 
+@pytest.mark.slow  # a 5K protocol in chunks
 def test_custom_sim_fn_is_applied_in_chunks(rng, make_index):
     def order_sim(image_emb: torch.Tensor, caption_emb: torch.Tensor) -> torch.Tensor:
         return -(caption_emb[None, :, :] - image_emb[:, None, :]).clamp(min=0).norm(dim=2)

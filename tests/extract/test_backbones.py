@@ -8,6 +8,7 @@ from extract.backbones import build_backbone
 from extract.run import embed_crops
 
 
+@pytest.mark.slow  # a vgg19 forward
 def test_vgg19_fc7_after_relu() -> None:
     backbone = build_backbone("vgg19", seed=0)
     assert backbone.feature_dim == 4096 and backbone.layer_name == "fc7"
@@ -58,6 +59,7 @@ def test_embed_crops_channels_last_and_bf16_autocast_on_cpu() -> None:
     assert 0 < relative < 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vgg19", "resnet152", "resnet50", "resnet18"])
 def test_the_backbone_table_agrees_with_torchvision(name: str) -> None:
     from torchvision import models

@@ -17,6 +17,8 @@ from extract.distributed import shard_store_path
 from tests.extract.conftest import write_karpathy_json, write_rgb_jpeg
 from tests.train.distributed_cases import launcher
 
+pytestmark = pytest.mark.distributed  # every test starts several processes
+
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = 21  # 11 and 10 per rank
 

@@ -129,12 +129,12 @@ def hang_on_gray(monkeypatch: pytest.MonkeyPatch, *, seconds: float = 30, beyond
     which the time limit's alarm cannot interrupt."""
     real_load = loader.load_crops
 
-    def load_crops(path, crops):
+    def load_crops(path, crops, **options):
         if "gray" in str(path):
             if beyond_signals:
                 signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
             time.sleep(seconds)
-        return real_load(path, crops)
+        return real_load(path, crops, **options)
 
     monkeypatch.setattr(loader, "load_crops", load_crops)
 
@@ -151,6 +151,7 @@ def test_a_decode_that_hangs_is_a_failure_after_the_time_limit(awkward_images: A
     assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL)[0] == 0
 
 
+@pytest.mark.slow
 def test_a_hanging_worker_image_is_a_failure_and_the_run_goes_on(awkward_images: Awkward,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     good, _ = awkward_images
@@ -162,6 +163,7 @@ def test_a_hanging_worker_image_is_a_failure_and_the_run_goes_on(awkward_images:
     assert "DecodeTimeout" in batches[0].errors[0]
 
 
+@pytest.mark.slow
 def test_a_worker_stuck_beyond_signals_stops_the_loader_and_is_ended(awkward_images: Awkward,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     good, _ = awkward_images

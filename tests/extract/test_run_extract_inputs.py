@@ -92,6 +92,7 @@ def test_a_root_holding_none_of_the_images_is_refused_before_anything_is_written
     assert not out.exists() and not config_json_path(out).exists()
 
 
+@pytest.mark.slow
 def test_most_images_failing_is_an_error_and_a_retry_under_the_right_root_records_it(
         tiny_dataset: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     dataset, root = tiny_dataset
@@ -126,6 +127,7 @@ def test_every_image_failing_to_decode_is_an_error(tiny_dataset: tuple[Path, Pat
         run_extract(make_config(dataset, root, tmp_path / "store.h5", crops=1))
 
 
+@pytest.mark.slow
 def test_a_few_failed_images_get_the_retry_hint(awkward_images: tuple[dict, dict],
                                                 karpathy_json_writer: Callable[..., Path], tmp_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
@@ -164,6 +166,7 @@ def fill_the_disk_at_write(monkeypatch: pytest.MonkeyPatch, *, call: int) -> Cal
     return real_write
 
 
+@pytest.mark.slow  # two extractions
 def test_a_full_disk_while_writing_stops_cleanly_and_a_rerun_resumes(tiny_dataset: tuple[Path, Path],
                                                                      tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:

@@ -55,6 +55,7 @@ def test_hub_file_with_wrong_hash_is_rejected(hub_dir: Path, resnet18_file: tupl
         resolve_weights("resnet18", "default")
 
 
+@pytest.mark.slow
 def test_path_weights_are_hashed_and_loaded(resnet18_file: tuple[Path, torch.nn.Module]) -> None:
     path, model = resnet18_file
     resolved, name, sha256 = resolve_weights("resnet18", str(path))
@@ -67,6 +68,7 @@ def test_path_weights_are_hashed_and_loaded(resnet18_file: tuple[Path, torch.nn.
         torch.testing.assert_close(backbone(images), model(images), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_mismatched_file_names_keys(tmp_path: Path, resnet18_file: tuple[Path, torch.nn.Module]) -> None:
     state = resnet18_file[1].state_dict()
     state["extra.weight"] = state.pop("fc.weight")

@@ -12,7 +12,7 @@ FEATURE_DIM = 6
 
 
 @pytest.fixture
-def tiny_dataset() -> DatasetIndex:
+def tiny_index() -> DatasetIndex:
     """Five images with 1-3 captions each and tokens, across all four splits."""
     image_captions = [("a.jpg", "train", 2), ("b.jpg", "train", 1), ("c.jpg", "val", 3),
                       ("d.jpg", "test", 2), ("e.jpg", "restval", 1)]
@@ -57,12 +57,12 @@ def random_features():
 
 
 @pytest.fixture
-def make_store(tmp_path: Path, tiny_dataset: DatasetIndex, config_attrs: dict):
+def make_store(tmp_path: Path, tiny_index: DatasetIndex, config_attrs: dict):
     """Factory: create a store under tmp_path; returns the open writer (closed at teardown)."""
     writers: list[FeatureStoreWriter] = []
 
     def factory(name: str = "store.h5", *, crops: int = 10, dtype: str = "float32") -> FeatureStoreWriter:
-        writer = FeatureStoreWriter.create(tmp_path / name, tiny_dataset, attrs=config_attrs,
+        writer = FeatureStoreWriter.create(tmp_path / name, tiny_index, attrs=config_attrs,
                                            feature_dim=FEATURE_DIM, crops=crops, dtype=dtype)
         writers.append(writer)
         return writer

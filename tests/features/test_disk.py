@@ -53,7 +53,7 @@ def _complete_store(make_store, random_features) -> Path:
 
 
 def test_a_store_held_by_another_process_is_in_use_not_a_bad_file(make_store, random_features, config_attrs,
-                                                                    tiny_dataset) -> None:
+                                                                    tiny_index) -> None:
     path = _complete_store(make_store, random_features)
     expected = {**config_attrs, "crops": 1, "dtype": "float32"}
     with held_open(path, "r+"):
@@ -64,14 +64,14 @@ def test_a_store_held_by_another_process_is_in_use_not_a_bad_file(make_store, ra
         with pytest.raises(StoreInUseError, match="in use by another process .an extract or a merge is writing"):
             FeatureStore(path)
         with pytest.raises(StoreInUseError, match="--overwrite does not replace a store in use"):
-            FeatureStoreWriter.create(path, tiny_dataset, attrs=config_attrs, feature_dim=FEATURE_DIM, crops=1,
+            FeatureStoreWriter.create(path, tiny_index, attrs=config_attrs, feature_dim=FEATURE_DIM, crops=1,
                                       dtype="float32", replace=True)
     assert not held_by_another_process(path) and not Path(f"{path}.partial").exists()
     with FeatureStore(path) as store:  # untouched: still the complete store
         assert store.summary()["done"] == 5
 
 
-def test_the_loser_of_a_creation_race_leaves_the_winners_partial_alone(tmp_path: Path, tiny_dataset,
+def test_the_loser_of_a_creation_race_leaves_the_winners_partial_alone(tmp_path: Path, tiny_index,
                                                                        config_attrs) -> None:
     path = tmp_path / "store.h5"
     partial = tmp_path / "store.h5.partial"
@@ -80,27 +80,27 @@ def test_the_loser_of_a_creation_race_leaves_the_winners_partial_alone(tmp_path:
     with held_open(partial, "r+"):  # the winner, still writing its .partial
         with pytest.raises(StoreInUseError, match="store.h5.partial is in use by another process .another extract or "
                                                   "merge is creating this store"):
-            FeatureStoreWriter.create(path, tiny_dataset, attrs=config_attrs, feature_dim=FEATURE_DIM, crops=1,
+            FeatureStoreWriter.create(path, tiny_index, attrs=config_attrs, feature_dim=FEATURE_DIM, crops=1,
                                       dtype="float32")
         assert partial.stat().st_size > 0 and not path.exists()
     with h5py.File(partial, "r") as h5file:
         assert h5file.attrs["winner"] == 1
 
 
-def test_a_partial_left_by_a_crash_is_reused(tmp_path: Path, tiny_dataset, config_attrs) -> None:
+def test_a_partial_left_by_a_crash_is_reused(tmp_path: Path, tiny_index, config_attrs) -> None:
     partial = tmp_path / "store.h5.partial"
     partial.write_bytes(b"half a store from a killed run")
-    writer = FeatureStoreWriter.create(tmp_path / "store.h5", tiny_dataset, attrs=config_attrs,
+    writer = FeatureStoreWriter.create(tmp_path / "store.h5", tiny_index, attrs=config_attrs,
                                        feature_dim=FEATURE_DIM, crops=1, dtype="float32")
     writer.close()
     assert not partial.exists() and writer.summary()["pending"] == 5
 
 
 def test_a_store_that_appeared_meanwhile_is_not_replaced_without_replace(make_store, random_features,
-                                                                        tiny_dataset, config_attrs) -> None:
+                                                                        tiny_index, config_attrs) -> None:
     path = _complete_store(make_store, random_features)
     with pytest.raises(FileExistsError, match="created by another process meanwhile; rerun the same command"):
-        FeatureStoreWriter.create(path, tiny_dataset, attrs=config_attrs, feature_dim=FEATURE_DIM, crops=1,
+        FeatureStoreWriter.create(path, tiny_index, attrs=config_attrs, feature_dim=FEATURE_DIM, crops=1,
                                   dtype="float32", replace=False)
     with FeatureStore(path) as store:
         assert store.summary()["done"] == 5
@@ -118,15 +118,15 @@ def test_locked_partial_removes_only_its_own_file(tmp_path: Path) -> None:
     assert (tmp_path / "x").exists() and partial.read_bytes() == b"another creator's file"
 
 
-def test_a_created_store_is_allocated_and_short_space_is_refused(tmp_path: Path, tiny_dataset, config_attrs,
+def test_a_created_store_is_allocated_and_short_space_is_refused(tmp_path: Path, tiny_index, config_attrs,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    writer = FeatureStoreWriter.create(tmp_path / "store.h5", tiny_dataset, attrs=config_attrs,
+    writer = FeatureStoreWriter.create(tmp_path / "store.h5", tiny_index, attrs=config_attrs,
                                        feature_dim=FEATURE_DIM, crops=10, dtype="float32")
     writer.close()
     assert disk.unallocated_bytes(writer.path) == 0
     monkeypatch.setattr(disk.shutil, "disk_usage", lambda folder: SimpleNamespace(total=100, used=90, free=10))
     with pytest.raises(StoreSpaceError, match=r"needs 1.1 MB of disk space but only 0.0 MB is free"):
-        FeatureStoreWriter.create(tmp_path / "other.h5", tiny_dataset, attrs=config_attrs, feature_dim=FEATURE_DIM,
+        FeatureStoreWriter.create(tmp_path / "other.h5", tiny_index, attrs=config_attrs, feature_dim=FEATURE_DIM,
                                   crops=10, dtype="float32")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store.h5"]
 

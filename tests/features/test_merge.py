@@ -60,18 +60,18 @@ def test_merge_reports_pending_and_takes_first_done(make_store, random_features,
         np.testing.assert_array_equal(merged.features("1c")[1], feats_1c[1])
 
 
-def test_merge_refuses_other_config(make_store, tmp_path: Path, tiny_dataset, config_attrs: dict) -> None:
+def test_merge_refuses_other_config(make_store, tmp_path: Path, tiny_index, config_attrs: dict) -> None:
     make_store("a.h5").close()
-    FeatureStoreWriter.create(tmp_path / "b.h5", tiny_dataset, attrs=dict(config_attrs, layer="fc7"),
+    FeatureStoreWriter.create(tmp_path / "b.h5", tiny_index, attrs=dict(config_attrs, layer="fc7"),
                               feature_dim=6, crops=10, dtype="float32").close()
     with pytest.raises(ValueError, match="another config .*layer: 'avgpool' vs 'fc7'"):
         merge_stores([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "merged.h5")
     assert not (tmp_path / "merged.h5").exists()
 
 
-def test_merge_refuses_other_dataset(make_store, tmp_path: Path, tiny_dataset, config_attrs: dict) -> None:
+def test_merge_refuses_other_dataset(make_store, tmp_path: Path, tiny_index, config_attrs: dict) -> None:
     make_store("a.h5").close()
-    other = dataclasses.replace(tiny_dataset, caption_texts=["changed"] + tiny_dataset.caption_texts[1:])
+    other = dataclasses.replace(tiny_index, caption_texts=["changed"] + tiny_index.caption_texts[1:])
     FeatureStoreWriter.create(tmp_path / "b.h5", other, attrs=config_attrs, feature_dim=6, crops=10,
                               dtype="float32").close()
     with pytest.raises(ValueError, match="differ in captions/text"):

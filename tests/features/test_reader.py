@@ -93,18 +93,18 @@ def test_require_complete(make_store, random_features) -> None:
             store.require_complete(["train"])
 
 
-def test_tables_and_attrs_read_back(make_store, tiny_dataset) -> None:
+def test_tables_and_attrs_read_back(make_store, tiny_index) -> None:
     writer = make_store(crops=1, dtype="float16")
     writer.close()
     with FeatureStore(writer.path) as store:
         assert (store.num_images, store.num_captions, store.feature_dim, store.crops) == (5, 9, 6, 1)
-        assert store.image_paths.tolist() == tiny_dataset.image_paths
-        assert store.caption_texts == tiny_dataset.caption_texts
-        assert store.caption_tokens == tiny_dataset.caption_tokens
-        assert store.caption_splits.tolist() == tiny_dataset.caption_splits
-        np.testing.assert_array_equal(store.caption_image_index, tiny_dataset.caption_image_index)
+        assert store.image_paths.tolist() == tiny_index.image_paths
+        assert store.caption_texts == tiny_index.caption_texts
+        assert store.caption_tokens == tiny_index.caption_tokens
+        assert store.caption_splits.tolist() == tiny_index.caption_splits
+        np.testing.assert_array_equal(store.caption_image_index, tiny_index.caption_image_index)
         assert store.attrs["mean"] == [0.485, 0.456, 0.406] and store.attrs["dtype"] == "float16"
-        with pytest.raises(ValueError, match="no 10c features"):
+        with pytest.raises(ValueError, match="has no .10c. features: it holds 1c"):
             store.features("10c")
         with pytest.raises(ValueError, match="unknown feature kind '5c'"):
             store.features("5c")

@@ -21,10 +21,10 @@ def test_contiguous_runs():
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("kind", ["1c", "10c"])
-def test_rows_equal_the_memmap(make_store, random_features, tiny_dataset, dtype, kind):
+def test_rows_equal_the_memmap(make_store, random_features, tiny_index, dtype, kind):
     writer = make_store(crops=10, dtype=dtype)
-    feats_1c, feats_10c = random_features(tiny_dataset.num_images, 10, 3)
-    writer.write_rows(np.arange(tiny_dataset.num_images), feats_1c, feats_10c)
+    feats_1c, feats_10c = random_features(tiny_index.num_images, 10, 3)
+    writer.write_rows(np.arange(tiny_index.num_images), feats_1c, feats_10c)
     writer.close()
     with FeatureStore(writer.path) as store:
         memmap, rows = store.features(kind), store.feature_rows(kind)
@@ -46,10 +46,10 @@ def test_rows_must_be_sorted_unique_and_in_range(make_store):
                 rows[np.array(bad)]
 
 
-def test_pickled_reader_reopens_its_file(make_store, random_features, tiny_dataset):
+def test_pickled_reader_reopens_its_file(make_store, random_features, tiny_index):
     writer = make_store(crops=1)
-    feats_1c, _ = random_features(tiny_dataset.num_images, 1, 0)
-    writer.write_rows(np.arange(tiny_dataset.num_images), feats_1c, None)
+    feats_1c, _ = random_features(tiny_index.num_images, 1, 0)
+    writer.write_rows(np.arange(tiny_index.num_images), feats_1c, None)
     writer.close()
     with FeatureStore(writer.path) as store:
         rows = store.feature_rows("1c")

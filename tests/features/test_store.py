@@ -38,14 +38,14 @@ def test_create_writes_tables_and_attrs(make_store) -> None:
 
 
 def test_write_rows_out_of_order_then_resume(make_store, tmp_path: Path, config_attrs: dict,
-                                             tiny_dataset, random_features) -> None:
+                                             tiny_index, random_features) -> None:
     writer = make_store(crops=10)
     feats_1c, feats_10c = random_features(3, 10, seed=0)
     writer.write_rows(np.array([3, 0, 1]), feats_1c, feats_10c)
     writer.close()
     expected = dict(config_attrs, crops=10, dtype="float32")
     with FeatureStoreWriter.open_existing(tmp_path / "store.h5", expected_attrs=expected,
-                                          dataset=tiny_dataset) as resumed:
+                                          dataset=tiny_index) as resumed:
         assert resumed.pending_indices().tolist() == [2, 4]
         np.testing.assert_array_equal(resumed._file["features/1c"][[0, 1, 3]], feats_1c[[1, 2, 0]])
         np.testing.assert_array_equal(resumed._file["features/10c"][3], feats_10c[0])
@@ -75,13 +75,13 @@ def test_crash_between_features_and_status_leaves_rows_pending(make_store, monke
     assert writer._file["images/status"][()].tolist() == [0] * 5
 
 
-def test_interrupted_create_leaves_no_file(tmp_path: Path, tiny_dataset, config_attrs: dict, monkeypatch) -> None:
+def test_interrupted_create_leaves_no_file(tmp_path: Path, tiny_index, config_attrs: dict, monkeypatch) -> None:
     def crash(*args, **kwargs) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(store_module, "_create_contiguous", crash)
     with pytest.raises(KeyboardInterrupt):
-        FeatureStoreWriter.create(tmp_path / "s.h5", tiny_dataset, attrs=config_attrs, feature_dim=6, crops=1,
+        FeatureStoreWriter.create(tmp_path / "s.h5", tiny_index, attrs=config_attrs, feature_dim=6, crops=1,
                                   dtype="float32")
     assert list(tmp_path.iterdir()) == []
 
@@ -96,9 +96,9 @@ def test_open_existing_refuses_other_config(make_store, tmp_path: Path, config_a
     assert "--overwrite" in message and "--out" in message and "crops" not in message
 
 
-def test_open_existing_refuses_other_dataset(make_store, tmp_path: Path, config_attrs: dict, tiny_dataset) -> None:
+def test_open_existing_refuses_other_dataset(make_store, tmp_path: Path, config_attrs: dict, tiny_index) -> None:
     make_store(crops=1).close()
-    other = dataclasses.replace(tiny_dataset, image_paths=["a.jpg", "b.jpg", "X.jpg", "d.jpg", "e.jpg"])
+    other = dataclasses.replace(tiny_index, image_paths=["a.jpg", "b.jpg", "X.jpg", "d.jpg", "e.jpg"])
     with pytest.raises(ValueError, match="images/path differs at row 2"):
         FeatureStoreWriter.open_existing(tmp_path / "store.h5", dataset=other,
                                          expected_attrs=dict(config_attrs, crops=1, dtype="float32"))
@@ -139,10 +139,10 @@ def test_write_rows_checks_crops_and_finiteness(make_store) -> None:
         one_crop_writer.write_rows(np.array([0]), np.zeros((1, 6)), np.zeros((1, 10, 6)))
 
 
-def test_create_rejects_bad_arguments(tmp_path: Path, tiny_dataset, config_attrs: dict) -> None:
+def test_create_rejects_bad_arguments(tmp_path: Path, tiny_index, config_attrs: dict) -> None:
     def create(**overrides):
         arguments = dict(attrs=config_attrs, feature_dim=6, crops=1, dtype="float32") | overrides
-        return FeatureStoreWriter.create(tmp_path / "s.h5", tiny_dataset, **arguments)
+        return FeatureStoreWriter.create(tmp_path / "s.h5", tiny_index, **arguments)
 
     with pytest.raises(ValueError, match="crops=5"):
         create(crops=5)
@@ -153,7 +153,7 @@ def test_create_rejects_bad_arguments(tmp_path: Path, tiny_dataset, config_attrs
     with pytest.raises(ValueError, match="contradicts crops=1"):
         create(attrs=dict(config_attrs, crops=10))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        FeatureStoreWriter.create(tmp_path / "no" / "s.h5", tiny_dataset, attrs=config_attrs, feature_dim=6,
+        FeatureStoreWriter.create(tmp_path / "no" / "s.h5", tiny_index, attrs=config_attrs, feature_dim=6,
                                   crops=1, dtype="float32")
     assert set(CONFIG_ATTRS) - {"crops", "dtype"} <= set(config_attrs)
 

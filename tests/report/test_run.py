@@ -20,6 +20,7 @@ def linked_files(index: Path) -> list[str]:
     return re.findall(r'src="([^"]+)"', index.read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_a_run_s_report_holds_every_panel_and_every_file_it_links(seen_run: SeenRun, grid: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture):
     result = run_report(ReportConfig(run_dir=str(seen_run.run_dir), out_dir=str(tmp_path / "report"),
@@ -42,6 +43,7 @@ def test_a_run_s_report_holds_every_panel_and_every_file_it_links(seen_run: Seen
     assert "<script" not in html
 
 
+@pytest.mark.slow
 def test_the_report_of_a_grid_cell_charts_its_grid_and_of_the_grid_only_the_chart(grid: Path):
     cell = run_report(ReportConfig(run_dir=str(grid / "mh_1c_last"), device="cpu", examples=2))
     html = Path(cell["index"]).read_text(encoding="utf-8")
@@ -52,6 +54,7 @@ def test_the_report_of_a_grid_cell_charts_its_grid_and_of_the_grid_only_the_char
     assert linked_files(only) == ["ablation.png"]
 
 
+@pytest.mark.slow
 def test_a_folder_without_a_model_is_refused_with_the_fix(tmp_path: Path, seen_run: SeenRun):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="no checkpoint at .*best.pt.*--checkpoint"):
@@ -62,6 +65,7 @@ def test_a_folder_without_a_model_is_refused_with_the_fix(tmp_path: Path, seen_r
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
+@pytest.mark.slow
 def test_the_cli_writes_the_report_of_the_checkpoint_s_folder(seen_run: SeenRun, tmp_path: Path):
     out = tmp_path / "r"
     result = CliRunner().invoke(pipeline.cli, ["--log-level", "WARNING", "report", "--checkpoint",
@@ -72,6 +76,7 @@ def test_the_cli_writes_the_report_of_the_checkpoint_s_folder(seen_run: SeenRun,
     assert (out / "recall_at_k.png").is_file() and len(list((out / "thumbs").glob("*.jpg"))) >= 2
 
 
+@pytest.mark.slow
 def test_the_run_folder_may_be_given_as_the_argument_with_options_after_it(seen_run: SeenRun, tmp_path: Path):
     out = tmp_path / "r"
     result = CliRunner().invoke(pipeline.cli, ["--log-level", "WARNING", "report", str(seen_run.run_dir),

@@ -9,10 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from features.store import FeatureStoreWriter
-from tests.synthetic_store import (  # noqa: F401  (pytest fixtures)
-    FEATURE_DIM, STORE_ATTRS, make_train_store, store_path, synthetic_dataset, synthetic_features, tiny_config,
-)
+from tests.synthetic_store import FEATURE_DIM, synthetic_dataset, synthetic_features, write_features_store
 from tests.train.finetune.fixtures import FinetuneSetup, build_setup, finetune_config
 from train.config import TrainConfig
 from train.finetune.run import run_finetune
@@ -27,9 +24,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     dataset, attributes = synthetic_dataset(splits={"train": 64, "val": 16, "test": 12})
     features = synthetic_features(attributes, feature_dim=FEATURE_DIM)
     store = folder / "store.h5"
-    with FeatureStoreWriter.create(store, dataset, attrs=STORE_ATTRS, feature_dim=FEATURE_DIM, crops=10,
-                                   dtype="float32") as writer:
-        writer.write_rows(list(range(dataset.num_images)), features[:, 4], features)
+    write_features_store(store, dataset, features)
     base = TrainConfig(store=str(store), embed_dim=16, word_dim=8, vocab_min_count=1, batch_size=32, epochs=2,
                        lr=5e-3, device="cpu", feature_mode="10c-random")
     runs = {"store": store}

@@ -43,6 +43,7 @@ def test_encode_text_refuses_empty_or_odd_input(trained, texts, message):
         VSE.load(trained["cosine"], device="cpu").encode_text(texts)
 
 
+@pytest.mark.slow
 def test_images_of_a_train_checkpoint_go_through_the_stores_cnn_as_extract(images_setup):
     vse = VSE.load(images_setup.checkpoint, device="cpu")
     with FeatureStore(images_setup.store) as store:
@@ -77,6 +78,7 @@ def test_a_train_checkpoint_without_its_cnn_names_what_is_missing(images_setup, 
         VSE.load(tmp_path / "elsewhere.pt", device="cpu").encode_images([image])
 
 
+@pytest.mark.slow
 def test_a_finetuned_model_carries_its_cnn(images_setup, finetuned, tmp_path):
     vse = VSE.load(finetuned, device="cpu", store=tmp_path / "no-store.h5")  # the store is not needed
     loaded = load_model(finetuned)

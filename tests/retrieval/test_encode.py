@@ -85,6 +85,7 @@ def test_sentences_of_a_text_file_keep_their_line_numbers(trained, tmp_path):
         assert np.array_equal(embeddings.read("captions", np.arange(2)), expected.numpy())
 
 
+@pytest.mark.slow
 def test_images_are_embedded_and_unreadable_ones_marked_failed(images_setup, tmp_path):
     folder = tmp_path / "photos"
     shutil.copytree(images_setup.image_root / "imgs", folder)
@@ -137,6 +138,7 @@ def test_the_cli_encodes_and_refuses_with_one_line(trained, tmp_path, invoke):
     assert not (tmp_path / "bad.h5").exists()
 
 
+@pytest.mark.slow
 def test_a_finetuned_model_encodes_a_split_from_its_raw_images_and_a_text_gallery(images_setup, finetuned, tmp_path,
                                                                                    capsys):
     encode(finetuned, tmp_path / "val.h5", split="val", store=str(images_setup.store))

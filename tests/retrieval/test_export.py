@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from retrieval import VSE
@@ -27,6 +28,7 @@ def test_an_exported_model_scores_and_embeds_like_its_checkpoint(trained, tmp_pa
     assert torch.equal(original.encode_text(["a red star"]), copy.encode_text(["a red star"]))
 
 
+@pytest.mark.slow
 def test_a_finetune_checkpoint_exports_without_its_optimizer(finetuned, tmp_path, invoke):
     result = invoke("export", "--checkpoint", finetuned, "--out", tmp_path / "ft.pt")
     assert result.exit_code == 0, result.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +78,50 @@ def test_an_index_of_other_embeddings_or_options_is_refused_until_rebuilt(tmp_pa
                                                                      ef_search=5)).ntotal == ROWS
     assert [path.name for path in index_paths(tmp_path / "g.h5", "images", "hnsw")] == [
         "g.h5.images.faiss-hnsw.index", "g.h5.images.faiss-hnsw.json"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("swap", "sha256 is not its record's"),
+    ("flip", "sha256 is not its record's"),
+    ("truncate", r"the index file is \d+ bytes, its record says \d+"),
+    ("empty", "the index file is 0 bytes"),
+    ("record", "its record g.h5.images.faiss-flat.json is not a JSON object"),
+    ("old-record", "does not pin the index file"),
+    ("pinned-garbage", "cannot be read by faiss"),
+])
+def test_an_index_file_that_is_not_the_one_its_record_pins_is_refused_with_one_line(tmp_path, damage, message):
+    write_gallery(tmp_path / "g.h5", 0)
+    write_gallery(tmp_path / "other.h5", 1)
+    spec = IndexSpec("flat")
+    for name in ("g.h5", "other.h5"):
+        with EmbeddingsFile(tmp_path / name) as embeddings:
+            open_index(embeddings, "images", embeddings.done_rows("images"), spec=spec)
+    index_path, record_path = index_paths(tmp_path / "g.h5", "images", "flat")
+    data = index_path.read_bytes()
+    if damage == "swap":  # another gallery's index of the same size, under this one's record
+        index_path.write_bytes(index_paths(tmp_path / "other.h5", "images", "flat")[0].read_bytes())
+    elif damage == "flip":
+        index_path.write_bytes(data[:-64] + bytes(byte ^ 0xFF for byte in data[-64:]))
+    elif damage == "truncate":
+        index_path.write_bytes(data[:len(data) // 2])
+    elif damage == "empty":
+        index_path.write_bytes(b"")
+    elif damage == "record":
+        record_path.write_text("[1, 2")
+    elif damage == "old-record":
+        record_path.write_text(json.dumps({key: value for key, value in json.loads(record_path.read_text()).items()
+                                           if not key.startswith("index_")}))
+    else:  # a file the record pins that faiss cannot read: its error is one line too
+        index_path.write_bytes(b"not an index")
+        record = json.loads(record_path.read_text())
+        record.update(index_bytes=12, index_sha256=hashlib.sha256(b"not an index").hexdigest())
+        record_path.write_text(json.dumps(record))
+    with EmbeddingsFile(tmp_path / "g.h5") as embeddings:
+        rows = embeddings.done_rows("images")
+        with pytest.raises(ValueError, match=f"{message}.*; pass --rebuild-index to rebuild it$") as raised:
+            open_index(embeddings, "images", rows, spec=spec)
+        assert "\n" not in str(raised.value)
+        index = open_index(embeddings, "images", rows, spec=spec, rebuild=True)
+        _, positions = search_index(index, queries().numpy(), 3, spec=spec)
+        assert open_index(embeddings, "images", rows, spec=spec).ntotal == ROWS
+    assert index_path.read_bytes() == data

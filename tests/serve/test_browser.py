@@ -88,8 +88,8 @@ def wait_until(page, expression: str, *, seconds: float = 20) -> None:
 def message_after(page, sentence: str) -> str:
     page.fill("#query", sentence)
     page.press("#query", "Enter")
-    page.wait_for_selector("#message:not([hidden])")
-    return page.text_content("#message")
+    page.wait_for_selector("#search-message:not([hidden])")
+    return page.text_content("#search-message")
 
 
 def test_typing_a_sentence_shows_the_expected_image_first(serve_url: str, seen_run: SeenRun, chromium,
@@ -107,7 +107,7 @@ def test_typing_a_sentence_shows_the_expected_image_first(serve_url: str, seen_r
         assert "none of the words" in message_after(page, "zzzqx blorpt")
         page.fill("#query", sentence)
         page.press("#query", "Enter")
-        page.wait_for_selector("#message[hidden]", state="attached")
+        page.wait_for_selector("#search-message[hidden]", state="attached")
         page.wait_for_selector("#results figure")
         assert page.get_attribute("#results figure >> nth=0", "data-path") == expected
         assert page.locator("#results figure").count() == 6

@@ -66,3 +66,13 @@ def test_a_format_outside_the_photo_formats_is_refused():
     Image.new("RGB", (4, 4)).save(buffer, format="TIFF")
     with pytest.raises(QueryError, match="not an image this page reads"):
         decode_upload(buffer.getvalue(), max_pixels=10_000)
+
+
+def test_a_wildcard_bind_answers_to_its_addresses_but_never_to_a_host_name():
+    from serve.safety import host_allowed, host_names
+    names = host_names("0.0.0.0")
+    assert host_allowed("192.168.1.5:8000", names=names, port=8000)
+    assert host_allowed("[fe80::1]:8000", names=names, port=8000)
+    assert not host_allowed("attacker.example:8000", names=names, port=8000)
+    assert not host_allowed("192.168.1.5:8000", names=host_names("127.0.0.1"), port=8000)
+    assert host_allowed("10.0.0.7:8000", names=host_names("10.0.0.7"), port=8000)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -64,12 +64,6 @@ def model_and_loss(case: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     return model, loss
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launcher(ranks: int) -> list[str]:
     """The command prefix that runs a script with `ranks` processes: torchrun for more than one, on loopback.
 
@@ -82,9 +76,21 @@ def launcher(ranks: int) -> list[str]:
 
 
 def join_rank_environment(rank: int, world_size: int, port: int) -> None:
-    """What torchrun sets for a worker, on loopback."""
+    """What torchrun sets for a worker, on loopback: the ranks join the store of `rendezvous_store` as clients
+    (torchrun's agent store), none of them binds a port."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))
+                      LOCAL_RANK=str(rank), TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT="0")
+
+
+@contextlib.contextmanager
+def rendezvous_store() -> Iterator[int]:
+    """The port of a TCP store this process binds (a free port, chosen by the OS) and holds while the ranks run, so
+    no other process can take the port between its choice and the ranks' rendezvous."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    try:
+        yield store.port
+    finally:
+        del store
 
 
 def spawn(worker: Callable, args: tuple, *, world_size: int = 2, timeout_s: float = 120.0) -> None:

@@ -89,8 +89,9 @@ def test_float16_store_gives_float32(make_train_store):
     with FeatureStore(make_train_store("half.h5", crops=1, dtype="float16")) as store:
         batch = _batches(store, "1c").batch(0, 0)
         assert batch.images.dtype == torch.float32
-        with pytest.raises(ValueError, match="no 10c features"):
-            _batches(store, "10c").batch(0, 0)
+        with pytest.raises(ValueError, match=r"--feature-mode 10c reads 10c features, but .* holds 1c \(a CNN "
+                                             r"store, 1 crop per image\); the feature modes this store serves: 1c; or re-extract"):
+            _batches(store, "10c")
 
 
 def test_workers_give_the_same_batches(store_path: Path):

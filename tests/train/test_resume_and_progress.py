@@ -18,16 +18,17 @@ from click.testing import CliRunner
 
 import pipeline
 from train.config import TrainConfig
-from train.progress import ProgressReport
 from train.run import run_train
 from train.trainer import Trainer
 
 
 def _records(run: Path) -> list[dict]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{key: value for key, value in record.items() if key != "steps_per_s"} for record in records]
+    timings = {"steps_per_s", "data_s", "step_s"}
+    return [{key: value for key, value in record.items() if key not in timings} for record in records]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_writes_the_metrics_of_an_uninterrupted_one(tiny_config: TrainConfig, tmp_path: Path):
     whole = dataclasses.replace(tiny_config, out_dir=str(tmp_path / "whole"), epochs=3)
     run_train(whole)
@@ -97,16 +98,31 @@ def test_a_run_folder_holding_only_best_pt_is_resumed_from_it(tiny_config: Train
 def test_progress_lines_for_logs_and_the_end_of_run_summary(tiny_config: TrainConfig,
                                                             caplog: pytest.LogCaptureFixture):
     with caplog.at_level(logging.INFO):
-        report = ProgressReport(epoch=3, total=5, done=1, every=2, enabled=True, terminal=False)
-        for loss in (4.0, 3.0, 2.0, 1.0):
-            report.update(loss)
-        report.close()
-        run_train(dataclasses.replace(tiny_config, epochs=1))
-    lines = [record.getMessage() for record in caplog.records if record.name == "train.progress"]
-    assert [line.split("  ")[1] for line in lines[:2]] == ["step 2/5", "step 4/5"] and "eta 0:00:0" in lines[0]
-    assert "loss 3.71" in lines[1]  # the running mean (4, 3, 2), not the last value alone
-    summary = [record.getMessage() for record in caplog.records if "finished after" in record.getMessage()]
-    assert summary and "best validation rsum" in summary[0] and "best.pt" in summary[0]
+        summary = run_train(dataclasses.replace(tiny_config, epochs=1, log_every=2))
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("epoch 0: ")]
+    assert lines and lines[0].startswith("epoch 0: 2 of ")
+    for field in (" step/s, ", " left, loss ", ", grad_norm ", ", data 0.", " s, step 0."):
+        assert field in lines[0], field
+    records = [json.loads(line) for line in (Path(tiny_config.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    step = next(record for record in records if record["event"] == "step")
+    assert step["captions"] == 2 * tiny_config.batch_size and step["grad_norm"] > 0
+    assert step["loss_mean"] > 0 and step["data_s"] >= 0 and step["step_s"] > 0 and "loss" in step
+    finished = [record.getMessage() for record in caplog.records if "finished after" in record.getMessage()]
+    assert finished and "best validation rsum" in finished[0] and summary["best"] in finished[0]
+
+
+def test_a_non_finite_loss_stops_the_run_by_the_next_log_step_and_names_its_step(
+        tiny_config: TrainConfig, monkeypatch: pytest.MonkeyPatch):
+    original = Trainer.train_step
+
+    def nan_at_step_one(self, batch):
+        loss, logs, grad_norm = original(self, batch)
+        return (loss * float("nan") if self.step == 1 else loss), logs, grad_norm
+
+    monkeypatch.setattr(Trainer, "train_step", nan_at_step_one)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 0, step 1; lower --lr"):
+        run_train(dataclasses.replace(tiny_config, epochs=1, log_every=3))
+    assert not (Path(tiny_config.out_dir) / "last.pt").exists()
 
 
 def test_nan_features_are_named_by_row_and_store(make_train_store, tiny_config: TrainConfig):

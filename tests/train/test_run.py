@@ -93,7 +93,7 @@ def test_bad_options_are_rejected(tiny_config: TrainConfig, changes: dict, messa
 
 def test_store_checks(tiny_config: TrainConfig, make_train_store, tmp_path: Path):
     one_crop = make_train_store("one.h5", crops=1)
-    with pytest.raises(ValueError, match="crops=1; use --feature-mode 1c or re-extract with --crops 10"):
+    with pytest.raises(ValueError, match="this store serves: 1c; or re-extract with --crops 10"):
         run_train(dataclasses.replace(tiny_config, store=str(one_crop), feature_mode="10c"))
     no_val = make_train_store("noval.h5", splits={"train": 8, "test": 4})
     with pytest.raises(ValueError, match=r"no extracted images in splits \['val'\]"):
@@ -131,7 +131,16 @@ def test_resume_on_a_store_of_another_cnn_is_refused(tiny_config: TrainConfig, m
 def test_a_batch_as_large_as_the_training_set_is_warned_about(tiny_config: TrainConfig, caplog):
     import logging
 
-    with caplog.at_level(logging.WARNING, logger="train.run"):
+    with caplog.at_level(logging.WARNING, logger="train.preflight"):
         run_train(dataclasses.replace(tiny_config, batch_size=500, epochs=1))  # 192 training captions
-    assert any("covers all 192 training captions: every epoch is a single step" in record.getMessage()
-               for record in caplog.records)
+    assert any("--batch-size 500 gives 1 step(s) per epoch on 192 training captions" in record.getMessage()
+               and "--batch-size 48 gives 4 steps per epoch" in record.getMessage() for record in caplog.records)
+
+
+def test_a_validation_split_too_small_to_choose_a_checkpoint_on_is_warned_about(tiny_config: TrainConfig, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="train.preflight"):
+        run_train(dataclasses.replace(tiny_config, max_steps=1))  # 16 validation images
+    assert any(record.getMessage().startswith("the val split has 16 images: its recall moves in steps of 6%, too "
+                                              "coarse to choose best.pt on") for record in caplog.records)

@@ -48,6 +48,7 @@ def test_the_event_files_hold_the_scalars_of_metrics_jsonl(tiny_config: TrainCon
         assert [value for _, value in written[tag]] == pytest.approx([value for _, value in points], rel=1e-6), tag
 
 
+@pytest.mark.slow
 def test_a_resumed_run_replaces_the_points_written_after_its_checkpoint(tiny_config: TrainConfig, tmp_path: Path):
     whole = dataclasses.replace(tiny_config, out_dir=str(tmp_path / "whole"), tensorboard=True)
     run_train(whole)

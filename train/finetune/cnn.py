@@ -20,7 +20,12 @@ from torch.utils.checkpoint import checkpoint
 from extract.backbones import BACKBONES, FeatureBackbone, build_backbone
 from extract.config import config_json_path
 from extract.transforms import normalize
-from extract.weights import NO_WEIGHTS, hub_checkpoint_dir, sha256_of_file
+from features.attrs import store_origin
+from features.schema import ORIGIN_IMPORT
+from extract.weights import (NO_WEIGHTS, download_weights, hub_checkpoint_dir, sha256_of_file,
+                             torchvision_weights_url)
+from train.finetune.config import FinetuneConfig, parse_unfreeze
+from train.model import VSEModel
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +136,9 @@ def _weight_candidates(attrs: dict, *, weights: str, store_path: Path) -> list[P
     return list(unique.values())
 
 
-def store_weights_file(attrs: dict, *, weights: str, store_path: Path) -> Path:
-    """The weight file a store was extracted with, found and checked by sha256 (never downloaded)."""
+def store_weights_file(attrs: dict, *, weights: str, store_path: Path, offline: bool = False) -> Path:
+    """The weight file a store was extracted with, found and checked by sha256; torchvision's own file is
+    downloaded into the torch hub cache when it is found nowhere (unless offline)."""
     expected = attrs.get("weights_sha256") or ""
     if not expected:
         raise ValueError(f"{store_path}: weights {attrs['weights_name']!r} have no sha256 attribute; the CNN cannot "
@@ -150,6 +156,13 @@ def store_weights_file(attrs: dict, *, weights: str, store_path: Path) -> Path:
     if weights:
         raise FileNotFoundError(f"--weights {weights!r} does not exist; pass the file {attrs['weights_name']!r} "
                                 f"the store was extracted with")
+    url = torchvision_weights_url(str(attrs["weights_name"]))
+    if url:
+        path = download_weights(str(attrs["weights_name"]), url, offline=offline)
+        if sha256_of_file(path) == expected:
+            return path
+        raise ValueError(f"{path} (downloaded from {url}) has another sha256 than the one {store_path} records "
+                         f"({expected[:12]}...); pass the file the store was extracted with as --weights PATH")
     raise FileNotFoundError(f"weight file {attrs['weights_name']!r} (sha256 {expected[:12]}...) of {store_path} not "
                             f"found in {str(hub_checkpoint_dir())!r}, its extract config or beside it; pass "
                             "--weights PATH")
@@ -159,6 +172,10 @@ def backbone_from_store(attrs: dict, *, store_path: str | Path, feature_dim: int
     """Rebuild the CNN a store was extracted with (backbone, weights or seeded random init); mismatch = error."""
     store_path = Path(store_path)
     name, weights_name = attrs.get("backbone"), str(attrs.get("weights_name"))
+    if name not in BACKBONES and store_origin(attrs) == ORIGIN_IMPORT:
+        raise ValueError(f"{store_path} holds imported features (pipeline.py import-features), made by no CNN this "
+                         "project can rebuild: none can embed new images or be fine-tuned; use a store that "
+                         "`pipeline.py extract` wrote from the images")
     if name not in BACKBONES:
         raise ValueError(f"{store_path} was extracted with backbone {name!r}, not one of {', '.join(BACKBONES)}; "
                          "fine-tuning needs a store written by `extract` with a torchvision backbone")
@@ -177,3 +194,12 @@ def backbone_from_store(attrs: dict, *, store_path: str | Path, feature_dim: int
                          f"holds {feature_dim}-d {attrs.get('layer')!r} ones; the store is not from this backbone")
     logger.info("CNN %s (%s) rebuilt from the attributes of %s", name, weights_name, store_path)
     return backbone
+
+
+def attach_cnn(model: VSEModel, cfg: FinetuneConfig, *, backbone: object) -> CNNBackbone:
+    """Put the CNN in front of the model's ImageHead with cfg's unfreezing, BatchNorm and memory options."""
+    cnn = CNNBackbone(backbone, train_bn=cfg.train_bn, grad_checkpointing=cfg.grad_checkpointing,
+                      channels_last=cfg.channels_last)
+    cnn.unfreeze_backbone(parse_unfreeze(cfg.unfreeze))
+    model.image_encoder.set_backbone(cnn)
+    return cnn

@@ -17,7 +17,8 @@ FINETUNE_LR = 2e-5
 # TrainConfig default they are replaced by the checkpoint's value; any other value must equal it (ValueError).
 # The CLI does not offer them for `finetune`.
 CHECKPOINT_FIELDS = ("train_splits", "use_restval", "val_split", "feature_mode", "image_pool", "text_pool",
-                     "embed_dim", "word_dim", "vocab_min_count", "image_norm", "abs_embeddings", "caption_head",
+                     "embed_dim", "word_dim", "vocab_min_count", "tokenizer", "image_norm", "feature_norm",
+                     "abs_embeddings", "caption_head",
                      "loss", "similarity", "margin", "margin_source", "lseh_lambda", "reduction", "group_k_mode",
                      "group_k", "group_temperature", "group_gamma")
 # Paths a resume may point elsewhere (moved files), besides train's; everything else must equal the checkpoint's.
@@ -74,6 +75,10 @@ class FinetuneConfig(TrainConfig):
         """TrainConfig's checks plus the finetune-only options, without touching the disk (ValueError)."""
         super().validate()
         parse_unfreeze(self.unfreeze)
+        if self.feature_mode == "regions":
+            raise ValueError("the checkpoint was trained on region features (--feature-mode regions): a region store "
+                             "holds a detector's vectors, with no CNN this project can fine-tune and no raw images to "
+                             "feed one; fine-tune a model trained on a store from `pipeline.py extract` instead")
         if not self.cnn_lr > 0:
             raise ValueError(f"--cnn-lr must be > 0, got {self.cnn_lr}")
         if self.grad_checkpointing and self.train_bn:

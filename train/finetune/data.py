@@ -152,17 +152,19 @@ class ImageCaptionBatches(torch.utils.data.Dataset):
 @torch.no_grad()
 def encode_split_from_images(model: VSEModel, store: object, *, splits: Sequence[str], vocab: Vocabulary,
                              image_root: str | Path, batch_size: int, workers: int,
-                             device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray,
-                                                                  np.ndarray]:
+                             device: torch.device | str, resize: str = "square") -> tuple[torch.Tensor, torch.Tensor,
+                                                                                          np.ndarray, np.ndarray]:
     """Embed every done image of `splits` from its raw file (center 224 crop of the 256x256 resize, as
-    extract's 1C) through the model's CNN, and its captions, in store order.
+    extract's 1C; or of the aspect-keeping resize with `resize` "keep-aspect", as an imported reference model
+    reads images) through the model's CNN, and its captions, in store order.
 
     Returns (image_emb [N, E], caption_emb [M, E], caption_image_index [M] in 0..N-1, image_rows [N]).
     The model is in eval mode meanwhile; the global RNG is left untouched (the loader draws from it).
     """
     image_rows, caption_rows, caption_image_index = split_rows(store, splits)
     root = Path(image_root)
-    dataset = ImageDataset(image_rows.tolist(), [str(root / store.image_paths[row]) for row in image_rows], crops=1)
+    dataset = ImageDataset(image_rows.tolist(), [str(root / store.image_paths[row]) for row in image_rows], crops=1,
+                           resize=resize)
     was_training = model.training
     model.eval()
     chunks = []
@@ -177,7 +179,8 @@ def encode_split_from_images(model: VSEModel, store: object, *, splits: Sequence
                                      f"({batch.errors[0]}); it was extracted from this path: restore it or pass "
                                      "the right --image-root")
                 chunks.append(model.encode_images(batch.crops[:, 0].to(device, non_blocking=True)).float().cpu())
-        caption_emb = encode_token_lists(model, caption_tokens(store, caption_rows.tolist()), vocab=vocab,
+        tokens = caption_tokens(store, caption_rows.tolist(), tokenizer=vocab.tokenizer)
+        caption_emb = encode_token_lists(model, tokens, vocab=vocab,
                                          batch_size=batch_size, device=device)
     finally:
         model.train(was_training)

@@ -17,17 +17,19 @@ import torch
 from common import distributed
 from eval.metrics import recall_metrics
 from features.datasets import validate_image_root
+from features.attrs import store_origin
 from features.reader import FeatureStore
-from train.checkpoint import check_store_provenance, load_checkpoint, load_model_state
+from features.schema import ORIGIN_IMPORT
+from train.checkpoint import check_same_data, check_store_provenance, load_checkpoint, load_model_state, saved_identity
 from train.config import TrainConfig
 from train.encode import similarity_matrix
-from train.finetune.cnn import CNNBackbone, backbone_from_store
-from train.finetune.config import CHECKPOINT_FIELDS, FINETUNE_RESUME_MUTABLE_EXTRA, FinetuneConfig, parse_unfreeze
+from train.finetune.cnn import CNNBackbone, attach_cnn, backbone_from_store
+from train.finetune.config import CHECKPOINT_FIELDS, FINETUNE_RESUME_MUTABLE_EXTRA, FinetuneConfig
 from train.finetune.data import ImageCaptionBatches, encode_split_from_images
 from train.losses import VSELoss, build_loss
 from train.model import VSEModel, build_model
+from train.preflight import check_device, open_run_dir, run_summary, warn_about_small_data
 from train.data import RankShare
-from train.run import check_device, open_run_dir, run_summary, warn_if_one_step_per_epoch
 from train.run_dir import RESUME_MUTABLE_FIELDS, check_resume_config, check_run_dir
 from train.text import Vocabulary
 from train.trainer import Trainer
@@ -51,15 +53,6 @@ def resolve_config(cfg: FinetuneConfig, train_config: dict) -> FinetuneConfig:
                          "these options or train a new stage-two model with them")
     resolved = dataclasses.replace(cfg, **{name: getattr(saved, name) for name in CHECKPOINT_FIELDS})
     return dataclasses.replace(resolved, store=cfg.store or saved.store)
-
-
-def attach_cnn(model: VSEModel, cfg: FinetuneConfig, *, backbone: object) -> CNNBackbone:
-    """Put the CNN in front of the model's ImageHead with cfg's unfreezing, BatchNorm and memory options."""
-    cnn = CNNBackbone(backbone, train_bn=cfg.train_bn, grad_checkpointing=cfg.grad_checkpointing,
-                      channels_last=cfg.channels_last)
-    cnn.unfreeze_backbone(parse_unfreeze(cfg.unfreeze))
-    model.image_encoder.set_backbone(cnn)
-    return cnn
 
 
 def param_groups(model: VSEModel, loss: VSELoss, cnn: CNNBackbone, cfg: FinetuneConfig) -> list[dict]:
@@ -122,7 +115,19 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     context = distributed.current()
     with FeatureStore(cfg.store) as store:
+        if store_origin(store.attrs) == ORIGIN_IMPORT:
+            raise ValueError(f"{store.path} holds imported features (pipeline.py import-features), made by no CNN "
+                             "this project can rebuild, so there is no CNN to fine-tune; extract a store from the "
+                             "images (pipeline.py extract) and train on it first")
+        if store.regions:
+            raise ValueError(f"{store.path} is a region store ({store.regions} vectors per image from a detector): "
+                             "no CNN to fine-tune and no raw images to feed one; fine-tune on a store from "
+                             "`pipeline.py extract`")
         check_store_provenance(init["model_spec"], store, source=f"--checkpoint {cfg.checkpoint}")
+        for source, checkpoint in ((f"--checkpoint {cfg.checkpoint}", init), (f"--resume {cfg.resume}", resume_from)):
+            if checkpoint is not None:  # fine-tuning continues on the data the model was trained on
+                check_same_data(checkpoint, store, source=source,
+                                fix="fine-tune on the store it was trained on (leave out --store: it defaults to it)")
         check_run_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
         for splits in (cfg.all_train_splits(), (cfg.val_split,)):
             store.require_complete(splits)
@@ -136,7 +141,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
                                       seed=cfg.seed, image_root=image_root, rc=cfg.rc,
                                       share=RankShare(context.rank, context.world_size))
         _check_images(batches, store, image_root, cfg.val_split)
-        warn_if_one_step_per_epoch(cfg, batches.num_captions)
+        warn_about_small_data(cfg, num_captions=batches.num_captions,
+                              val_images=len(store.image_indices((cfg.val_split,))))
         if cfg.feature_mode != "1c":
             logger.info("the head was trained on %s features; the fine-tuned CNN gives one crop per caption (a set "
                         "of one: mean and adaptive pooling of one vector are that vector)", cfg.feature_mode)
@@ -147,7 +153,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         torch.manual_seed(cfg.seed)  # dropout (vgg19); crops and order are seeded from (seed, epoch, step)
         trainer = Trainer(model, loss, config=cfg, batches=batches, validate=_validator(cfg, store, vocab, device),
                           out_dir=out_dir, vocab=vocab, model_spec=model_spec, kind="finetune",
-                          param_groups=param_groups(model, loss, cnn, cfg), device=device)
+                          param_groups=param_groups(model, loss, cnn, cfg), device=device, data=saved_identity(init))
         if resume_from is not None:
             trainer.resume(cfg.resume, checkpoint=resume_from)
         summary = trainer.fit()

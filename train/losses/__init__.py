@@ -3,7 +3,8 @@
 Three choices make a loss: how negatives combine (`--loss`: sh, mh, group, infonce), the similarity
 (`--similarity`: cosine or order) and, for the hinge losses, where the margin comes from (`--margin-source`:
 constant alpha or LSEH's semantic margins). One file per loss holds its pure function (the math, checked
-against brute force and the reference implementation) and its module:
+against brute force and the reference implementation) and its module, whose one body (`batch_loss`) runs the
+same per-direction function on a rank's blocks of the global batch (one process: the whole batch):
   similarity.py  cosine / order similarity, positive mask, the batch convention
   hinge.py       SH (paper eq. 5) and MH (eq. 6), HingeLoss (with SH warm-up and LSEH margins)
   lseh.py        LSEH margins (Gong & Cosma);  semantic.py  their TF-IDF + SVD caption vectors

@@ -13,10 +13,14 @@ from train.losses.similarity import similarity_function
 
 
 class LossOutput(NamedTuple):
-    """One step's loss: the scalar to minimise and the numbers worth logging (e.g. the group loss's k)."""
+    """One step's loss: the scalar to minimise and the numbers worth logging (e.g. the group loss's k).
+
+    Logged values may be 0-dim tensors: reading them waits for the device, so the trainer reads them only on
+    the steps it logs.
+    """
 
     loss: torch.Tensor
-    logs: dict[str, float]
+    logs: dict[str, float | torch.Tensor]
 
 
 class VSELoss(nn.Module):
@@ -27,11 +31,11 @@ class VSELoss(nn.Module):
     positives), caption_ids the store caption rows (LSEH's semantic vectors are indexed by them), and
     (epoch, step) say where the step is, for state that depends on it (SH warm-up, the group loss's random k).
 
-    In one process `batch_loss` scores the whole batch with the pure functions. Under torch.distributed
-    (common.distributed.current() has several ranks) the batch is this rank's slice of the global batch:
-    every rank's rows are gathered (GlobalBatch) and `local_loss` computes this rank's queries' share. The
-    returned scalar then has the value of the global loss (the same on every rank) and the gradient of
-    this rank's share, which summed over the ranks is the gradient of the global loss.
+    Each loss has one body, `batch_loss(batch)`: this rank's queries of the global batch against all its
+    candidates (train/losses/global_batch.py). One process is the global batch of one rank, so its share is
+    the whole loss. Under torch.distributed the returned scalar has the value of the global loss (the same on
+    every rank) and the gradient of this rank's share, which summed over the ranks is the gradient of the
+    global loss.
     """
 
     def __init__(self, *, similarity: str) -> None:
@@ -42,19 +46,24 @@ class VSELoss(nn.Module):
     def forward(self, image_emb: torch.Tensor, caption_emb: torch.Tensor, image_ids: torch.Tensor, *,
                 caption_ids: torch.Tensor, epoch: int, step: int) -> LossOutput:
         context = distributed.current()
-        if not context.enabled:
-            return self.batch_loss(image_emb, caption_emb, image_ids, caption_ids=caption_ids, epoch=epoch,
-                                   step=step)
         batch = GlobalBatch.gather(image_emb, caption_emb, image_ids, caption_ids, context)
-        share, logs = self.local_loss(batch, epoch=epoch, step=step)
+        share, logs = self.batch_loss(batch, epoch=epoch, step=step)
+        if not context.enabled:
+            return LossOutput(share, logs)
         total = context.sum(share)
         return LossOutput(share + (total - share).detach(), logs)
 
-    def batch_loss(self, image_emb: torch.Tensor, caption_emb: torch.Tensor, image_ids: torch.Tensor, *,
-                   caption_ids: torch.Tensor, epoch: int, step: int) -> LossOutput:
-        """The loss of a whole batch held by this process."""
-        raise NotImplementedError
-
-    def local_loss(self, batch: GlobalBatch, *, epoch: int, step: int) -> LossOutput:
+    def batch_loss(self, batch: GlobalBatch, *, epoch: int, step: int) -> LossOutput:
         """This rank's share of the loss of the global batch (the shares of all ranks sum to it)."""
         raise NotImplementedError
+
+
+def reduce_sum(total: torch.Tensor, reduction: str, pairs: int) -> torch.Tensor:
+    """A summed loss as `reduction` asks: "sum" (the paper's) as is, "mean" divided by the global batch's pairs."""
+    return total if reduction == "sum" else total / pairs
+
+
+def mean_of_directions(caption_total: torch.Tensor, image_total: torch.Tensor, *, pairs: int) -> torch.Tensor:
+    """(caption-retrieval sum / B + image-retrieval sum / B) / 2: the per-query mean of both directions, B the
+    global batch's pairs (a rank's sums give its share)."""
+    return (caption_total / pairs + image_total / pairs) / 2

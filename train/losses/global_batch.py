@@ -1,15 +1,17 @@
-"""The global batch under torch.distributed: every rank's embeddings gathered, scored as this rank's queries.
+"""The global batch of one step: every rank's embeddings gathered, scored as this rank's queries.
 
-With N ranks each holding B / N pairs of a global batch of G pairs, the VSE++ losses must still search
-negatives over all G (DataParallel does, plain DDP would not). Each rank gathers every rank's embeddings
-and ids (the gather's gradient flows back to the rows each rank owns) and computes only its own queries'
-terms, against all G candidates, in both directions:
+One process is the global batch of one rank: every loss has one body, `VSELoss.batch_loss(batch)`, and how the
+rows were gathered is the only distributed difference (as open_clip's ClipLoss). With N ranks each holding
+B / N pairs of a global batch of G pairs, the VSE++ losses must still search negatives over all G
+(DataParallel does, plain DDP would not). Each rank gathers every rank's embeddings and ids (the gather's
+gradient flows back to the rows each rank owns) and computes only its own queries' terms, against all G
+candidates, in both directions:
   caption retrieval: its image rows b (queries) x all captions c      scores [n, G]
   image retrieval:   its captions c (queries)  x all image rows b     scores [n, G]  (transposed block)
 Query q's positive is candidate start + q (row b belongs to caption b). The sum of the ranks' terms is the
 single-process loss of the global batch, and the gradient each rank computes is its share of that loss's
 gradient: summed over ranks (the trainer's DDP sums, not averages) it is the single-process gradient.
-Memory per rank: 2 n G scores, not G^2.
+Memory per rank: 2 n G scores, not G^2; one rank (n = G) forms the G x G matrix once and reads its transpose.
 """
 
 from __future__ import annotations
@@ -57,11 +59,18 @@ class GlobalBatch:
         """This rank's rows."""
         return slice(self.start, self.start + self.count)
 
+    def query_blocks(self, pairwise: SimilarityFn, rows: torch.Tensor,
+                     columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pairwise(rows[local], columns), pairwise(rows, columns[local]).T), each [n, G]: entry (b, c) of a
+        pairwise matrix seen from this rank's rows b, then from this rank's columns c."""
+        row_block = pairwise(rows[self.local], columns)
+        if self.count == self.size:  # this rank holds every row: the column block is the same matrix, transposed
+            return row_block, row_block.T
+        return row_block, pairwise(rows, columns[self.local]).T
+
     def query_scores(self, similarity: SimilarityFn) -> tuple[torch.Tensor, torch.Tensor]:
         """(caption-retrieval scores, image-retrieval scores) of this rank's queries, each [n, G]."""
-        caption_queries = similarity(self.image_emb[self.local], self.caption_emb)
-        image_queries = similarity(self.image_emb, self.caption_emb[self.local]).T
-        return caption_queries, image_queries
+        return self.query_blocks(similarity, self.image_emb, self.caption_emb)
 
     def targets(self) -> torch.Tensor:
         """int64 [n]: the candidate column of each query's positive (start + q)."""
@@ -71,13 +80,17 @@ class GlobalBatch:
         """[n]: each query's score against its positive."""
         return scores[torch.arange(self.count, device=scores.device), self.targets()]
 
-    def positive_mask(self) -> torch.Tensor:
-        """bool [n, G]: candidate shows the query's image (the positive and same-image duplicates).
-
-        The same for both directions: image row b and caption b share the id image_ids[b].
-        """
-        return self.image_ids[self.local].unsqueeze(1) == self.image_ids.unsqueeze(0)
+    def positive_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """bool [n, G] of both query blocks: the candidate shows the query's image (the positive and same-image
+        duplicates). Equal in value (image row b and caption b share the id image_ids[b]); one rank's second
+        block is the first's transpose, laid out as its scores are."""
+        return self.query_blocks(_same_id, self.image_ids, self.image_ids)
 
     def gather_values(self, values: torch.Tensor) -> torch.Tensor:
         """Every rank's per-query values [n] -> [G] in row order, without gradient."""
         return self.context.gather_rows(values.detach(), self.sizes)
+
+
+def _same_id(row_ids: torch.Tensor, column_ids: torch.Tensor) -> torch.Tensor:
+    """bool [R, C]: row_ids[r] == column_ids[c]."""
+    return row_ids.unsqueeze(1) == column_ids.unsqueeze(0)

@@ -3,8 +3,8 @@
 Same batch convention as train/losses/similarity.py: sims [B, B], row b = image of caption b, the
 diagonal is each query's positive, pos_mask True for same-image pairs (never negatives). Reference for the
 exact forms: the authors' code, github.com/96-Zachary/vse_2ad, losses.py (ContrastiveLoss.ADCTO).
-GroupLoss does k = select_k(mode, sims, pos_mask, ...), then group_hard_negative_loss(sims, pos_mask, k=k),
-and logs k.
+GroupLoss chooses k as select_k does (over the global batch) and runs group_hard_negative_loss's body,
+group_cross_entropy, on this rank's two query blocks; it logs k.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from common.choices import GROUP_K_MODES
-from train.losses.base import LossOutput, VSELoss
+from train.losses.base import LossOutput, VSELoss, mean_of_directions
 from train.losses.global_batch import GlobalBatch
-from train.losses.similarity import positive_mask, validate_batch
+from train.losses.hinge import MARGIN
+from train.losses.similarity import validate_batch
 
-# The authors' defaults (github.com/96-Zachary/vse_2ad).
+# The authors' defaults (github.com/96-Zachary/vse_2ad); their margin on the negatives' logits is VSE++'s, MARGIN.
 GROUP_TEMPERATURE = 0.05  # softmax temperature tau
 GROUP_GAMMA = 1.25  # exponent of the adaptive k
 GROUP_K = 3  # k of their constant-k variant
-GROUP_MARGIN = 0.2  # added to the negatives' logits (the VSE++ margin)
 K_STREAM = 2  # keeps the random-k stream apart from the data streams (train/data.py)
 
 
@@ -35,30 +35,31 @@ def _check_group_batch(sims: torch.Tensor, pos_mask: torch.Tensor) -> int:
     return sims.shape[0]
 
 
-def _group_cross_entropy(positive: torch.Tensor, negatives: torch.Tensor, *, k: int, temperature: float,
-                         margin: float, reduction: str = "mean") -> torch.Tensor:
-    """positive [Q], negatives [Q, N] (-inf = not a negative) -> mean (or sum) over the Q queries of
+def group_cross_entropy(positive: torch.Tensor, negatives: torch.Tensor, *, k: int, temperature: float,
+                        margin: float) -> torch.Tensor:
+    """positive [Q], negatives [Q, N] (-inf = not a negative) -> sum over the Q queries of
     CE([p, n_1 + margin, ..., n_k + margin] / temperature, target 0) over the k largest negatives."""
     hardest = negatives.topk(k, dim=1).values  # [Q, k]; -inf slots where a query has < k negatives
     logits = torch.cat([positive.unsqueeze(1), hardest + margin], dim=1) / temperature  # [Q, 1 + k]
     targets = torch.zeros(positive.shape[0], dtype=torch.long, device=positive.device)
-    return F.cross_entropy(logits, targets, reduction=reduction)
+    return F.cross_entropy(logits, targets, reduction="sum")
 
 
 def group_hard_negative_loss(sims: torch.Tensor, pos_mask: torch.Tensor, *, k: int,
-                             temperature: float = GROUP_TEMPERATURE, margin: float = GROUP_MARGIN) -> torch.Tensor:
+                             temperature: float = GROUP_TEMPERATURE, margin: float = MARGIN) -> torch.Tensor:
     """Softmax cross-entropy against each query's k hardest negatives, both directions -> scalar.
 
     For a query q with positive score p_q and its k largest negative scores n_q1 >= ... >= n_qk:
       l_q = -log( exp(p_q / tau) / (exp(p_q / tau) + sum_j exp((n_qj + margin) / tau)) )
     Caption retrieval: queries = image rows b, p_b = sims[b, b], negatives sims[b, c], pos_mask False.
     Image retrieval: queries = captions c, p_c = sims[c, c], negatives sims[b, c], pos_mask False.
-      loss = ( mean_b l_b(caption retrieval) + mean_c l_c(image retrieval) ) / 2   (as the authors)
+      loss = ( sum_b l_b(caption retrieval) / B + sum_c l_c(image retrieval) / B ) / 2   (as the authors)
     1 <= k <= B - 1. A query with fewer than k negatives (duplicate image rows) uses all it has: the
     missing slots are -inf logits, which add nothing to the softmax (a query without negatives gives 0).
     Unlike the authors' code (which zeroes the diagonal and sorts, so a positive can be picked as a
     "negative" when all negatives score below 0), positives are excluded by -inf.
     With k = 1 and tau -> 0, tau * l_q -> [margin + n_q1 - p_q]_+, the MH hinge.
+    Each direction is `group_cross_entropy`, the body GroupLoss runs on a rank's block of queries.
     """
     batch = _check_group_batch(sims, pos_mask)
     if not 1 <= k <= batch - 1:
@@ -67,9 +68,16 @@ def group_hard_negative_loss(sims: torch.Tensor, pos_mask: torch.Tensor, *, k: i
         raise ValueError(f"temperature must be > 0, got {temperature}")
     positive = sims.diagonal()
     negatives = sims.masked_fill(pos_mask, float("-inf"))  # [B, C]
-    loss_caption = _group_cross_entropy(positive, negatives, k=k, temperature=temperature, margin=margin)
-    loss_image = _group_cross_entropy(positive, negatives.T, k=k, temperature=temperature, margin=margin)
-    return (loss_caption + loss_image) / 2
+    return mean_of_directions(
+        *(group_cross_entropy(positive, block, k=k, temperature=temperature, margin=margin)
+          for block in (negatives, negatives.T)), pairs=batch)
+
+
+def alignment_sums(positive: torch.Tensor, scores: torch.Tensor, pos_mask: torch.Tensor) -> torch.Tensor:
+    """float64 [2]: (sum of the positives, sum over the block of exp(-s) with positives set to 0), no gradient;
+    the sums adaptive_k divides by B and B * B."""
+    positive, scores = positive.detach().double(), scores.detach().double()
+    return torch.stack([positive.sum(), torch.exp(-scores.masked_fill(pos_mask, 0.0)).sum()])
 
 
 @torch.no_grad()
@@ -87,9 +95,13 @@ def adaptive_k(sims: torch.Tensor, pos_mask: torch.Tensor, *, gamma: float = GRO
     0) give a base near 2, cos(2 ** 1.25) < 0 and k = 1 (MH-like).
     """
     batch = _check_group_batch(sims, pos_mask)
-    align = sims.diagonal().double().mean()
-    uniform = torch.exp(-sims.double().masked_fill(pos_mask, 0.0)).mean()
-    return k_of_alignment(float(align + uniform), batch=batch, gamma=gamma)
+    return _k_of_sums(alignment_sums(sims.diagonal(), sims, pos_mask), batch=batch, gamma=gamma)
+
+
+def _k_of_sums(sums: torch.Tensor, *, batch: int, gamma: float) -> int:
+    """adaptive_k's k from alignment_sums over the whole batch (one host read)."""
+    align_sum, uniform_sum = sums.tolist()
+    return k_of_alignment(align_sum / batch + uniform_sum / batch ** 2, batch=batch, gamma=gamma)
 
 
 def k_of_alignment(base: float, *, batch: int, gamma: float = GROUP_GAMMA) -> int:
@@ -130,11 +142,12 @@ class GroupLoss(VSELoss):
     """group_hard_negative_loss with k chosen per batch by `k_mode`; logs k.
 
     The "random" k stream is a pure function of (seed, epoch, step): a resumed run draws the same k.
-    A batch of one pair has no negative and contributes a zero loss (k 0).
+    The adaptive k is a number of the whole global batch (its sums are added over the ranks), read on the host
+    every step: topk needs it as an int. A batch of one pair has no negative and contributes a zero loss (k 0).
     """
 
     def __init__(self, *, similarity: str, k_mode: str = "adaptive", k: int = GROUP_K, gamma: float = GROUP_GAMMA,
-                 temperature: float = GROUP_TEMPERATURE, margin: float = GROUP_MARGIN, seed: int = 0) -> None:
+                 temperature: float = GROUP_TEMPERATURE, margin: float = MARGIN, seed: int = 0) -> None:
         super().__init__(similarity=similarity)
         if k_mode not in GROUP_K_MODES:
             raise ValueError(f"unknown k mode {k_mode!r}; valid: {', '.join(GROUP_K_MODES)}")
@@ -146,33 +159,18 @@ class GroupLoss(VSELoss):
         seed = np.random.SeedSequence([self.seed, epoch, step, K_STREAM]).generate_state(1)[0]
         return torch.Generator().manual_seed(int(seed))
 
-    def batch_loss(self, image_emb: torch.Tensor, caption_emb: torch.Tensor, image_ids: torch.Tensor, *,
-                   caption_ids: torch.Tensor, epoch: int, step: int) -> LossOutput:
-        sims = self.similarity(image_emb, caption_emb)
-        if sims.shape[0] < 2:
-            return LossOutput(sims.sum() * 0.0, {"k": 0})
-        pos_mask = positive_mask(image_ids, image_ids)
-        k = select_k(self.k_mode, sims.detach(), pos_mask, k=self.k, gamma=self.gamma,
-                     generator=self.k_generator(epoch, step))
-        loss = group_hard_negative_loss(sims, pos_mask, k=k, temperature=self.temperature, margin=self.margin)
-        return LossOutput(loss, {"k": int(k)})
-
-    def local_loss(self, batch: GlobalBatch, *, epoch: int, step: int) -> LossOutput:
+    def batch_loss(self, batch: GlobalBatch, *, epoch: int, step: int) -> LossOutput:
         caption_scores, image_scores = batch.query_scores(self.similarity)
         if batch.size < 2:
             return LossOutput(caption_scores.sum() * 0.0, {"k": 0})
-        mask = batch.positive_mask()
-        k = self._global_k(batch, caption_scores.detach(), mask, epoch=epoch, step=step)
-        total = sum(_group_cross_entropy(batch.positives(scores), scores.masked_fill(mask, float("-inf")), k=k,
-                                         temperature=self.temperature, margin=self.margin, reduction="sum")
-                    for scores in (caption_scores, image_scores))
-        return LossOutput(total / (2 * batch.size), {"k": k})
-
-    def _global_k(self, batch: GlobalBatch, caption_scores: torch.Tensor, mask: torch.Tensor, *, epoch: int,
-                  step: int) -> int:
-        """select_k over the global batch: adaptive k from alignment and uniformity summed over the ranks."""
-        if self.k_mode != "adaptive":
-            return batch_size_k(self.k_mode, batch.size, k=self.k, generator=self.k_generator(epoch, step))
-        align = batch.context.sum(batch.positives(caption_scores).double().sum()) / batch.size
-        uniform = batch.context.sum(torch.exp(-caption_scores.double().masked_fill(mask, 0.0)).sum())
-        return k_of_alignment(float(align + uniform / batch.size ** 2), batch=batch.size, gamma=self.gamma)
+        caption_mask, image_mask = batch.positive_masks()
+        if self.k_mode == "adaptive":
+            sums = batch.context.sum(alignment_sums(batch.positives(caption_scores), caption_scores, caption_mask))
+            k = _k_of_sums(sums, batch=batch.size, gamma=self.gamma)
+        else:
+            k = batch_size_k(self.k_mode, batch.size, k=self.k, generator=self.k_generator(epoch, step))
+        caption_total, image_total = (
+            group_cross_entropy(batch.positives(scores), scores.masked_fill(mask, float("-inf")), k=k,
+                                temperature=self.temperature, margin=self.margin)
+            for scores, mask in ((caption_scores, caption_mask), (image_scores, image_mask)))
+        return LossOutput(mean_of_directions(caption_total, image_total, pairs=batch.size), {"k": k})

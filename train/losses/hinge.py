@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from common.choices import REDUCTIONS
-from train.losses.base import LossOutput, VSELoss
+from train.losses.base import LossOutput, VSELoss, reduce_sum
 from train.losses.global_batch import GlobalBatch
-from train.losses.lseh import LSEH_ALPHA, LSEH_LAMBDA, lseh_margins
-from train.losses.similarity import positive_mask, validate_batch
+from train.losses.lseh import LSEH_LAMBDA, lseh_margin_values, lseh_row_normaliser
+from train.losses.similarity import validate_batch
 
 MARGIN = 0.2  # the paper's hinge margin alpha
 ORDER_MARGIN = 0.05  # Order++ (paper Table 4, after Vendrov et al.)
@@ -41,34 +41,32 @@ def contrastive_loss(sims: torch.Tensor, pos_mask: torch.Tensor, *, margin: floa
 
     margin: a float (the paper's alpha = 0.2; Order++ uses 0.05) or a per-pair matrix [B, C], used at
     entry (b, c) by both directions (LSEH: `lseh_margins` of train/losses/lseh.py).
+    Each direction is `query_hinges`, the body HingeLoss runs on a rank's block of queries.
     """
     validate_batch(sims, pos_mask)
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
     margin = _margin_matrix(margin, sims)
+    margin_t = margin.T if isinstance(margin, torch.Tensor) else margin
     positive = sims.diagonal()  # [B]
-    cost_caption = (margin + sims - positive.unsqueeze(1)).clamp(min=0).masked_fill(pos_mask, 0)
-    cost_image = (margin + sims - positive.unsqueeze(0)).clamp(min=0).masked_fill(pos_mask, 0)
-    if max_violation:  # hinges are >= 0, so the masked 0s never exceed a real negative's hinge
-        total = cost_caption.max(dim=1).values.sum() + cost_image.max(dim=0).values.sum()
-    else:
-        total = cost_caption.sum() + cost_image.sum()
-    return total if reduction == "sum" else total / sims.shape[0]
+    total = (query_hinges(sims, positive, pos_mask, margin, max_violation)
+             + query_hinges(sims.T, positive, pos_mask.T, margin_t, max_violation))
+    return reduce_sum(total, reduction, sims.shape[0])
 
 
-def lseh_loss(sims: torch.Tensor, pos_mask: torch.Tensor, semantic_vectors: torch.Tensor, *,
-              alpha: float = LSEH_ALPHA, lam: float = LSEH_LAMBDA, max_violation: bool = True,
-              reduction: str = "sum") -> torch.Tensor:
-    """LSEH = contrastive_loss with lseh_margins(v v^T): semantic_vectors [B, V] of the batch's captions.
+def query_hinges(scores: torch.Tensor, positive: torch.Tensor, pos_mask: torch.Tensor,
+                 margin: float | torch.Tensor, max_violation: bool) -> torch.Tensor:
+    """One direction of contrastive_loss for a block of queries: scores [Q, K], positive [Q], pos_mask [Q, K],
+    margin a float or [Q, K] -> scalar.
 
-    MH (max_violation=True) is the method; SH with these margins serves the SH -> MH warm-up.
+    h[q, k] = [m[q, k] + scores[q, k] - positive[q]]_+ over the negatives (pos_mask False); MH sums each
+    query's max over k, SH sums every h.
     """
-    if semantic_vectors.dim() != 2 or semantic_vectors.shape[0] != sims.shape[0]:
-        raise ValueError(f"semantic_vectors must be [B, V] with B = {sims.shape[0]} (one per caption), "
-                         f"got {tuple(semantic_vectors.shape)}")
-    semantic_vectors = semantic_vectors.to(sims.dtype)
-    margins = lseh_margins(semantic_vectors @ semantic_vectors.T, pos_mask, alpha=alpha, lam=lam)
-    return contrastive_loss(sims, pos_mask, margin=margins, max_violation=max_violation, reduction=reduction)
+    # where, not masked_fill: it keeps the layout of a transposed block, so SH sums in the order of sims
+    cost = torch.where(pos_mask, 0.0, (margin + scores - positive.unsqueeze(1)).clamp(min=0))
+    if max_violation:  # hinges are >= 0, so the masked 0s never exceed a real negative's hinge
+        return cost.max(dim=1).values.sum()
+    return cost.sum()
 
 
 class HingeLoss(VSELoss):
@@ -94,49 +92,24 @@ class HingeLoss(VSELoss):
         """MH from epoch `warmup_epochs` on (SH before it); SH throughout when built without max_violation."""
         return self.max_violation and epoch >= self.warmup_epochs
 
-    def _vectors(self, caption_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """The semantic vectors of the given captions, on `device`."""
-        return torch.from_numpy(self.semantic_vectors[caption_ids.cpu().numpy()]).to(device)
+    def margins(self, batch: GlobalBatch, dtype: torch.dtype) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """The margins of this rank's (caption-retrieval, image-retrieval) blocks: alpha, or LSEH's m[b, c]."""
+        if self.semantic_vectors is None:
+            return self.margin, self.margin
+        vectors = torch.from_numpy(self.semantic_vectors[batch.caption_ids.cpu().numpy()])
+        vectors = vectors.to(batch.image_emb.device, dtype)
+        row_dots, column_dots = batch.query_blocks(lambda rows, columns: rows @ columns.T, vectors, vectors)
+        row_max = lseh_row_normaliser(row_dots)  # [n]: the normaliser of this rank's image rows b
+        every_row_max = batch.gather_values(row_max)  # [G]: of every image row b
+        return (lseh_margin_values(row_dots, row_max.unsqueeze(1), alpha=self.margin, lam=self.lseh_lambda),
+                lseh_margin_values(column_dots, every_row_max.unsqueeze(0), alpha=self.margin, lam=self.lseh_lambda))
 
-    def batch_loss(self, image_emb: torch.Tensor, caption_emb: torch.Tensor, image_ids: torch.Tensor, *,
-                   caption_ids: torch.Tensor, epoch: int, step: int) -> LossOutput:
-        sims = self.similarity(image_emb, caption_emb)
-        pos_mask = positive_mask(image_ids, image_ids)
-        margin: float | torch.Tensor = self.margin
-        if self.semantic_vectors is not None:
-            vectors = self._vectors(caption_ids, sims.device)
-            margin = lseh_margins((vectors @ vectors.T).to(sims.dtype), pos_mask, alpha=self.margin,
-                                  lam=self.lseh_lambda)
-        loss = contrastive_loss(sims, pos_mask, margin=margin, max_violation=self.uses_max_violation(epoch),
-                                reduction=self.reduction)
-        return LossOutput(loss, {})
-
-    def local_loss(self, batch: GlobalBatch, *, epoch: int, step: int) -> LossOutput:
+    def batch_loss(self, batch: GlobalBatch, *, epoch: int, step: int) -> LossOutput:
         caption_scores, image_scores = batch.query_scores(self.similarity)
-        mask = batch.positive_mask()
-        caption_margin: float | torch.Tensor = self.margin
-        image_margin: float | torch.Tensor = self.margin
-        if self.semantic_vectors is not None:
-            vectors = self._vectors(batch.caption_ids, caption_scores.device).to(caption_scores.dtype)
-            dots = vectors[batch.local] @ vectors.T  # [n, G]; v_b . v_c is symmetric in (b, c)
-            row_max = dots.max(dim=1).values
-            row_max = torch.where(row_max > 0, row_max, torch.ones_like(row_max))  # as lseh_margins
-            all_row_max = batch.gather_values(row_max)  # [G]: the normaliser of every image row b
-            caption_margin = self.margin + self.lseh_lambda * dots / row_max.unsqueeze(1)  # m[b, c], b local
-            image_margin = self.margin + self.lseh_lambda * dots / all_row_max.unsqueeze(0)  # m[b, c], c local
+        caption_mask, image_mask = batch.positive_masks()
+        caption_margin, image_margin = self.margins(batch, caption_scores.dtype)
         max_violation = self.uses_max_violation(epoch)
-        total = (query_hinges(caption_scores, batch.positives(caption_scores), mask, caption_margin, max_violation)
-                 + query_hinges(image_scores, batch.positives(image_scores), mask, image_margin, max_violation))
-        return LossOutput(total if self.reduction == "sum" else total / batch.size, {})
-
-
-def query_hinges(scores: torch.Tensor, positive: torch.Tensor, pos_mask: torch.Tensor,
-                 margin: float | torch.Tensor, max_violation: bool) -> torch.Tensor:
-    """Sum over queries of their hinges: scores [Q, K], positive [Q], pos_mask [Q, K] -> scalar.
-
-    h[q, k] = [m[q, k] + scores[q, k] - positive[q]]_+ over the negatives (pos_mask False); MH takes each
-    query's max over k, SH the sum. One direction of contrastive_loss, for a block of queries.
-    """
-    cost = (margin + scores - positive.unsqueeze(1)).clamp(min=0).masked_fill(pos_mask, 0)
-    per_query = cost.max(dim=1).values if max_violation else cost.sum(dim=1)
-    return per_query.sum()
+        total = (query_hinges(caption_scores, batch.positives(caption_scores), caption_mask, caption_margin,
+                              max_violation)
+                 + query_hinges(image_scores, batch.positives(image_scores), image_mask, image_margin, max_violation))
+        return LossOutput(reduce_sum(total, self.reduction, batch.size), {})

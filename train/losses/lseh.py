@@ -35,7 +35,18 @@ def lseh_margins(semantic_sim: torch.Tensor, pos_mask: torch.Tensor, *, alpha: f
                          f"got {tuple(semantic_sim.shape)}")
     if alpha < 0 or lam < 0:
         raise ValueError(f"LSEH alpha and lambda must be >= 0, got alpha={alpha}, lam={lam}")
-    row_max = semantic_sim.max(dim=1, keepdim=True).values
-    row_max = torch.where(row_max > 0, row_max, torch.ones_like(row_max))
-    normalized = semantic_sim / row_max  # S [B, B]
-    return (alpha + lam * normalized).masked_fill(pos_mask, 0.0)
+    row_max = lseh_row_normaliser(semantic_sim).unsqueeze(1)
+    return lseh_margin_values(semantic_sim, row_max, alpha=alpha, lam=lam).masked_fill(pos_mask, 0.0)
+
+
+def lseh_row_normaliser(semantic_sim: torch.Tensor) -> torch.Tensor:
+    """max_j' semantic_sim[i, j'] of each row i: [Q, K] -> [Q], 1 where the max is <= 0 (v_i = 0)."""
+    row_max = semantic_sim.max(dim=1).values
+    return torch.where(row_max > 0, row_max, torch.ones_like(row_max))
+
+
+def lseh_margin_values(semantic_sim: torch.Tensor, row_max: torch.Tensor, *, alpha: float,
+                       lam: float) -> torch.Tensor:
+    """alpha + lam * semantic_sim / row_max, with row_max broadcast to semantic_sim's shape (no positive mask:
+    HingeLoss masks positives in the cost)."""
+    return alpha + lam * (semantic_sim / row_max)

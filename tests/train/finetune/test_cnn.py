@@ -46,6 +46,7 @@ def resnet18_backbone():
     return make
 
 
+@pytest.mark.slow
 def test_stages_compose_to_the_extraction_forward(resnet18_backbone):
     backbone = resnet18_backbone()
     cnn = CNNBackbone(resnet18_backbone(), channels_last=False).eval()
@@ -128,6 +129,7 @@ def test_frozen_stages_stay_in_eval_mode(resnet18_backbone):
     assert not any(module.training for module in cnn.modules())
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_gradients(resnet18_backbone):
     grads = []
     for checkpointing in (False, True):

@@ -51,6 +51,7 @@ def whole_run(setup: FinetuneSetup, tmp_path_factory: pytest.TempPathFactory) ->
         torch.set_num_threads(previous)
 
 
+@pytest.mark.slow
 def test_finetune_starts_from_exactly_the_checkpoint_weights(setup: FinetuneSetup, tmp_path: Path):
     init = load_checkpoint(setup.checkpoint)
     cfg = resolve_config(finetune_config(setup, tmp_path), init["config"])
@@ -72,6 +73,7 @@ def test_finetune_starts_from_exactly_the_checkpoint_weights(setup: FinetuneSetu
     assert found[2].tolist() == expected[2].tolist() and found[3].tolist() == expected[3].tolist()
 
 
+@pytest.mark.slow
 def test_store_made_from_a_weight_file_is_rebuilt_and_verified(setup: FinetuneSetup, tmp_path: Path):
     torch.manual_seed(5)
     weights = tmp_path / "resnet18-custom.pth"
@@ -89,6 +91,7 @@ def test_store_made_from_a_weight_file_is_rebuilt_and_verified(setup: FinetuneSe
             backbone_from_store(store.attrs, store_path=store_path, feature_dim=512, weights=str(other))
 
 
+@pytest.mark.slow
 def test_finetune_trains_the_unfrozen_stage_only(setup: FinetuneSetup, whole_run: tuple[FinetuneConfig, dict]):
     cfg, summary = whole_run
     init = load_checkpoint(setup.checkpoint)["model"]
@@ -106,6 +109,7 @@ def test_finetune_trains_the_unfrozen_stage_only(setup: FinetuneSetup, whole_run
     assert load_checkpoint(summary["last"])["kind"] == "finetune"
 
 
+@pytest.mark.slow
 def test_interrupted_finetune_resumes_bitwise_equal(setup: FinetuneSetup, whole_run: tuple[FinetuneConfig, dict],
                                                     tmp_path: Path):
     whole_cfg, whole_summary = whole_run
@@ -122,6 +126,7 @@ def test_interrupted_finetune_resumes_bitwise_equal(setup: FinetuneSetup, whole_
         assert torch.equal(group_state["exp_avg"], expected_state["exp_avg"])
 
 
+@pytest.mark.slow
 def test_finetune_checkpoint_serves_eval(whole_run: tuple[FinetuneConfig, dict], setup: FinetuneSetup,
                                          tmp_path: Path):
     cfg, summary = whole_run

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from train.losses import similarity
-from train.losses.hinge import contrastive_loss, lseh_loss
+from train.losses.hinge import contrastive_loss
 from train.losses.infonce import info_nce_loss
 from train.losses.lseh import lseh_margins
 from train.losses.similarity import cosine_sim, order_sim, positive_mask
@@ -150,7 +150,8 @@ def test_losses_are_finite_and_reach_both_embeddings(similarity, loss_name):
     pos_mask = positive_mask(ids, ids)
     if loss_name == "lseh":
         vectors = torch.randn(len(ids), 4, generator=torch.Generator().manual_seed(0))
-        loss = lseh_loss(sims, pos_mask, vectors)
+        margins = lseh_margins(vectors @ vectors.T, pos_mask)
+        loss = contrastive_loss(sims, pos_mask, margin=margins)
     elif loss_name == "infonce":
         loss = info_nce_loss(sims, pos_mask, logit_scale=torch.tensor(10.0))
     else:
@@ -202,7 +203,7 @@ def test_lseh_margins_guard_a_zero_semantic_vector():
     assert torch.isfinite(margins).all() and margins[0, 1].item() == pytest.approx(0.185)
 
 
-def test_lseh_loss_equals_reference_with_looped_margins():
+def test_lseh_margins_in_the_hinge_equal_reference_with_looped_margins():
     sims, pos_mask, id_list = batch(DUPLICATE_IDS, seed=2)
     vectors = torch.randn(len(id_list), 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     v = vectors.tolist()
@@ -210,7 +211,8 @@ def test_lseh_loss_equals_reference_with_looped_margins():
     margins = torch.tensor([[0.0 if id_list[i] == id_list[j] else 0.185 + 0.025 * dots[i][j] / max(dots[i])
                              for j in range(len(v))] for i in range(len(v))], dtype=torch.float64)
     expected = reference_hinge(sims, id_list, margin=margins, max_violation=True, reduction="sum")
-    assert lseh_loss(sims, pos_mask, vectors).item() == pytest.approx(expected)
+    loss = contrastive_loss(sims, pos_mask, margin=lseh_margins(vectors @ vectors.T, pos_mask))
+    assert loss.item() == pytest.approx(expected)
 
 
 # InfoNCE
