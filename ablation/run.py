@@ -48,8 +48,8 @@ def check_cells(cfg: AblationConfig, cells: list[Cell]) -> dict:
         except ImportError as err:
             raise ValueError(f"cells lseh_*: LSEH needs {err.name}; install it or drop lseh from --losses") from err
     with FeatureStore(cfg.store) as store:  # FileNotFoundError names the path
+        fitting = [name for name, (mode, _) in IMAGE_FEATURES.items() if store_kind(mode) in store.feature_kinds]
         for cell in cells:
-            fitting = [name for name, (mode, _) in IMAGE_FEATURES.items() if store_kind(mode) in store.feature_kinds]
             if cell.image_features not in fitting:
                 raise ValueError(f"cell {cell.name}: image features {cell.image_features} need "
                                  f"{store_kind(IMAGE_FEATURES[cell.image_features][0])} features, but {cfg.store} "

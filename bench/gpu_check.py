@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from bench.distributed_train import synthetic_batch  # noqa: E402
+from bench.workload import synthetic_batch  # noqa: E402
 from bench.extract_throughput import bench_backbone, relative_error, write_images  # noqa: E402
 from bench.machine import gpu_names, machine_line  # noqa: E402
 from bench.workload import step_gflop  # noqa: E402
@@ -188,12 +188,6 @@ def section_decode(ctx: dict) -> dict:
     return result
 
 
-def device_batch(batch: Batch, device: torch.device) -> Batch:
-    moved = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
-    moved.update({name: moved[name].to(device) for name in ("tokens", "images", "image_ids", "caption_rows")})
-    return Batch(**moved)
-
-
 def timed_training(step: TrainingStep, params: list, batches: list[Batch], *, amp: str, sizes: Sizes,
                    device: torch.device) -> dict:
     """Seconds per step (forward, loss, backward, clip, Adam; fp16 with a GradScaler) after the warm-up steps."""
@@ -224,15 +218,15 @@ def timed_training(step: TrainingStep, params: list, batches: list[Batch], *, am
 
 def reference_parts(sizes: Sizes, batch_size: int, feature_dim: int) -> tuple[TrainConfig, list[Batch]]:
     config = TrainConfig(store="synthetic", embed_dim=sizes.embed_dim, word_dim=sizes.word_dim, batch_size=batch_size)
-    batches = [synthetic_batch(batch_size, words=12, vocab_size=sizes.vocab_size, feature_dim=feature_dim,
-                               seed=seed) for seed in range(3)]
+    batches = [synthetic_batch(np.random.default_rng(seed), batch_size=batch_size, words=12,
+                               vocab_size=sizes.vocab_size, feature_dim=feature_dim) for seed in range(3)]
     return config, batches
 
 
 def section_train_step(ctx: dict) -> dict:
     sizes, device = ctx["sizes"], ctx["device"]
     config, batches = reference_parts(sizes, sizes.train_batch, sizes.feature_dim)
-    batches = [device_batch(batch, device) for batch in batches]
+    batches = [batch.to(device) for batch in batches]
     torch.manual_seed(0)
     model, loss = build_model(config, vocab_size=sizes.vocab_size, feature_dim=sizes.feature_dim), build_loss(config)
     step = TrainingStep(model.to(device), loss.to(device), autocast_dtype=None)
@@ -267,8 +261,8 @@ def section_finetune(ctx: dict) -> dict:
     params = [p for module in (model, loss) for p in module.parameters() if p.requires_grad]
     _, batches = reference_parts(sizes, sizes.finetune_batch, 1)
     generator = torch.Generator().manual_seed(0)
-    batches = [device_batch(dataclasses.replace(batch, images=torch.randint(
-        0, 256, (sizes.finetune_batch, 3, sizes.crop, sizes.crop), dtype=torch.uint8, generator=generator)), device)
+    batches = [dataclasses.replace(batch, images=torch.randint(
+        0, 256, (sizes.finetune_batch, 3, sizes.crop, sizes.crop), dtype=torch.uint8, generator=generator)).to(device)
         for batch in batches]
     result = {"backbone": sizes.backbone, "batch": sizes.finetune_batch, "unfreeze": "all"}
     for amp in ctx["amps"]:

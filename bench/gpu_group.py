@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.gpu_check import DRY_SIZES, Sizes, device_batch, reference_parts  # noqa: E402
+from bench.gpu_check import DRY_SIZES, Sizes, reference_parts  # noqa: E402
 from common import distributed  # noqa: E402
 from train.losses import build_loss  # noqa: E402
 from train.model import build_model  # noqa: E402
@@ -37,7 +37,7 @@ def main(out: str, dry_run: bool) -> None:
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
     sizes = DRY_SIZES if dry_run else Sizes()
     config, batches = reference_parts(sizes, sizes.train_batch, sizes.feature_dim)
-    batch = device_batch(batches[0], device)
+    batch = batches[0].to(device)
     torch.manual_seed(0)
     model, loss = build_model(config, vocab_size=sizes.vocab_size, feature_dim=sizes.feature_dim), build_loss(config)
     model, loss = model.to(device), loss.to(device)

@@ -123,7 +123,7 @@ def build_plan(steps: list[tuple[str, dict]], file_sections: dict[str, dict],
                 raise ValueError(f"{name}: unknown preset {shown(preset)}; valid: {', '.join(sorted(stage.presets))}")
             values.update(stage.presets[preset])
         values.update({field_name: artifacts[art] for field_name, art in stage.consumes.items() if art in artifacts})
-        values.update(coerce(stage.config, file_values))
+        values.update(file_values)  # typed by read_config_file
         values.update(coerce(stage.config, cli_values))
         cfg = stage.config(**values)
         cfg.validate()

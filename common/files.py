@@ -1,8 +1,10 @@
-"""Atomic file writes: a temporary file in the same folder, renamed over the target, so no reader sees half a file."""
+"""Atomic file writes (a temporary file in the same folder, renamed over the target, so no reader sees half a
+file) and the sha256 of a file read in chunks."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -81,3 +83,12 @@ def check_writable(path: str | Path, *, folder: bool) -> None:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(target))
         if not os.access(target, os.W_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(target))
+
+
+def sha256_of_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (weight files are 0.5 GB for vgg19, released features tens of GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,7 +1,6 @@
 """Find CNN weight files (torch hub cache, a path, or none), download torchvision's on first use, hash them."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -13,6 +12,7 @@ from pathlib import Path
 import torch
 from torchvision.models import get_model_weights
 
+from common.files import sha256_of_file  # noqa: F401  (re-exported: the weights' sha256)
 from extract.backbones import BACKBONES, backbone_spec
 
 logger = logging.getLogger(__name__)
@@ -33,15 +33,6 @@ def offline_from_environment() -> bool:
 def hub_checkpoint_dir() -> Path:
     """Directory where torchvision keeps downloaded weights: ``torch.hub.get_dir()/checkpoints``."""
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def sha256_of_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (weight files are 0.5 GB for vgg19)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def torchvision_weights_file(backbone: str, enum_name: str = DEFAULT_WEIGHTS) -> str:

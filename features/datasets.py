@@ -265,10 +265,11 @@ def load_tsv(path: str | Path) -> DatasetIndex:
 def _tsv_lines(path: Path) -> list[str]:
     """The TSV's lines: UTF-8 without its byte-order mark, split at \n (a \r before it dropped) and nowhere else
     (str.splitlines would also split at NEL, U+2028 and other separators a caption may hold)."""
+    data = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        line = data[:err.start].count(b"\n") + 1
         raise ValueError(f"{path}: line {line} is not UTF-8 text ({err.reason} at byte {err.start}); save the TSV as "
                          "UTF-8") from err
     return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]

@@ -83,23 +83,26 @@ class SplitDigests:
     content: np.ndarray  # the images' feature rows (row_digests of content_kind)
 
 
-def split_digests(store: object, splits: Sequence[str]) -> SplitDigests:
-    """Digests of the done images of `splits` and of their captions (what training or evaluation reads)."""
+def split_digests(store: object, splits: Sequence[str], *, content: bool = True) -> SplitDigests:
+    """Digests of the done images of `splits` and of their captions (what training or evaluation reads);
+    without `content` the feature rows are not read (their digests left empty)."""
     image_rows = store.image_indices(splits)
     caption_rows = store.caption_indices(splits)
     return SplitDigests(
         paths=np.unique(text_digests(store.image_paths[image_rows].tolist())),
         captions=np.unique(text_digests(store.caption_texts[row] for row in caption_rows.tolist())),
-        content=np.unique(row_digests(store.feature_rows(content_kind(store)), image_rows)))
+        content=np.unique(row_digests(store.feature_rows(content_kind(store)), image_rows)) if content
+        else np.empty(0, dtype=np.uint64))
 
 
-def data_identity(store: object, splits: Sequence[str]) -> dict:
+def data_identity(store: object, splits: Sequence[str], *, fingerprint: str | None = None) -> dict:
     """What a checkpoint keeps of its training data: store path and fingerprint, training splits and digests.
 
     About 8 bytes per training image path, image and distinct caption (COCO's 113K + 113K + 566K: 6 MB).
     """
     digests = split_digests(store, splits)
-    return {"version": IDENTITY_VERSION, "store": str(store.path), "fingerprint": store_fingerprint(store),
+    return {"version": IDENTITY_VERSION, "store": str(store.path),
+            "fingerprint": fingerprint or store_fingerprint(store),
             "splits": list(splits), "content_kind": content_kind(store),
             "paths": digests.paths, "captions": digests.captions, "content": digests.content}
 
@@ -119,8 +122,8 @@ def training_overlap(identity: dict, store: object, splits: Sequence[str]) -> di
     how many of them the training data held, "any": whether any did}. Images are counted by unique path or
     content, captions by unique text (short generic captions can recur in honest splits of a large dataset).
     """
-    evaluated = split_digests(store, splits)
     same_kind = identity.get("content_kind") == content_kind(store)
+    evaluated = split_digests(store, splits, content=same_kind)
     counts = {"images": int(len(store.image_indices(splits))), "captions": int(len(store.caption_indices(splits))),
               "images_by_path": count_shared(evaluated.paths, identity["paths"]),
               "images_by_content": count_shared(evaluated.content, identity["content"]) if same_kind else 0,

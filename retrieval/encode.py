@@ -15,7 +15,7 @@ import torch
 
 from common.choices import AMP_MODES, SPLITS
 from common.config import StageConfig
-from common.device import autocast_context, check_amp
+from common.device import autocast_context, check_amp, resolve_device
 from common.fields import device_field, image_root_field, weights_field
 from common.progress import Progress
 from extract.loader import ImageDataset, make_loader
@@ -183,13 +183,13 @@ def run_encode(cfg: EncodeConfig) -> dict:
     """Embed cfg's input into cfg.out (created atomically, resumed when it exists; its folder created first, as
     train creates its run folder); return counts per group."""
     cfg.validate()
+    check_amp(resolve_device(cfg.device), cfg.amp)  # before the model loads, as the output folder
     out_folder = Path(cfg.out).resolve().parent
     if not out_folder.is_dir():  # before the model loads: a missing folder is not an error found minutes later
         out_folder.mkdir(parents=True)
         logger.info("created the output folder %s", out_folder)
     vse = VSE.load(cfg.checkpoint, device=cfg.device, store=cfg.store or None, weights=cfg.weights or None,
                    batch_size=cfg.batch_size, workers=cfg.workers)
-    check_amp(vse.device, cfg.amp)
     tables, input_attrs, store = plan(cfg, vse)
     try:
         attrs = {**vse.provenance(), **input_attrs, "command": " ".join(sys.argv),

@@ -186,9 +186,7 @@ def store_spec(store: str, *, feature_dim: int, full: bool = False) -> dict:
             raise ValueError(f"--store {store} holds imported features without their images, and the checkpoint's "
                              "model embeds raw images with its own CNN; pass a store `pipeline.py extract` wrote "
                              "from the data set's images (any backbone)")
-        if full:
-            return {key: opened.attrs.get(key) for key in CNN_ATTRS}
-        if opened.feature_dim != feature_dim:
+        if not full and opened.feature_dim != feature_dim:
             raise ValueError(f"--store {store} holds {opened.feature_dim}-d features, the checkpoint's image encoder "
                              f"reads {feature_dim}-d ones (img_dim); pass the store of the features it was trained on")
         return {key: opened.attrs.get(key) for key in CNN_ATTRS}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import ipaddress
 import os
@@ -97,13 +98,19 @@ def decode_upload(data: bytes, *, max_pixels: int) -> Image.Image:
             from error
 
 
-def image_type(file: Path) -> str | None:
-    """The served type of a gallery file from what Pillow reads in its header (IMAGE_TYPES), else None."""
+@functools.lru_cache(maxsize=4096)  # keyed by the file's mtime too: a rewritten file is read again
+def _image_type_of(file: Path, modified_ns: int) -> str | None:
     try:
         with Image.open(file, formats=UPLOAD_FORMATS) as image:
             return IMAGE_TYPES.get(image.format or "")
     except (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError):
         return None
+
+
+def image_type(file: Path) -> str | None:
+    """The served type of a gallery file from what Pillow reads in its header (IMAGE_TYPES), else None; read once
+    per version of the file (every thumbnail of every result is asked for again)."""
+    return _image_type_of(file, file.stat().st_mtime_ns)
 
 
 def host_names(bind_host: str) -> set[str]:

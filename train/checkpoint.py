@@ -197,13 +197,14 @@ def warn_unknown_identity(source: str, store: object) -> None:
                    store.path)
 
 
-def check_same_data(checkpoint: dict, store: object, *, source: str, fix: str) -> str:
+def check_same_data(checkpoint: dict, store: object, *, source: str, fix: str, fingerprint: str | None = None) -> str:
     """Refuse (ValueError) a store whose data is not the data `checkpoint` was trained on; return its fingerprint.
 
     Data = image paths, splits and captions (features.identity.store_fingerprint): a moved or copied store
     passes, another split of the same photos does not. A checkpoint without an identity passes with a warning.
+    `fingerprint`: the store's, when the caller has it.
     """
-    fingerprint = store_fingerprint(store)
+    fingerprint = fingerprint or store_fingerprint(store)
     identity = saved_identity(checkpoint)
     if identity is None:
         warn_unknown_identity(source, store)

@@ -163,20 +163,24 @@ class _GRUFunction(torch.autograd.Function):
                 else:
                     carry = _matmul(dgh, weight_hh, dtype).add_(torch.mul(dh, z))
         grad_inputs = grad_h0 = grad_weight_ih = grad_weight_hh = grad_bias_ih = grad_bias_hh = None
+        # each of these is read by two of the products below: under bf16, cast once (_matmul's cast is then a no-op)
+        grad_n_mm, grad_gh_mm, x_mm = (grad_n, grad_gh, x) if dtype is None else (
+            grad_n.to(dtype), grad_gh.to(dtype), x.to(dtype))
         if needs[0]:
-            grad_x = _matmul(grad_n, weight_ih[2 * hidden:], dtype)
+            grad_x = _matmul(grad_n_mm, weight_ih[2 * hidden:], dtype)
             if dtype is None:
                 grad_x = torch.addmm(grad_x, grad_gh[:, :2 * hidden], weight_ih[:2 * hidden])
             else:
-                grad_x += _matmul(grad_gh[:, :2 * hidden], weight_ih[:2 * hidden], dtype)
+                grad_x += _matmul(grad_gh_mm[:, :2 * hidden], weight_ih[:2 * hidden], dtype)
             grad_inputs = x.new_zeros(batch * total_length, input_size).index_copy_(0, plan.padded_index, grad_x)
             grad_inputs = grad_inputs.view(batch, total_length, input_size)
         if needs[1]:
             grad_h0 = torch.empty_like(carry).index_copy_(0, plan.order, carry)  # bs_0 = B: every row
         if needs[2]:
-            grad_weight_ih = torch.cat([_matmul(grad_gh[:, :2 * hidden].t(), x, dtype), _matmul(grad_n.t(), x, dtype)])
+            grad_weight_ih = torch.cat([_matmul(grad_gh_mm[:, :2 * hidden].t(), x_mm, dtype),
+                                        _matmul(grad_n_mm.t(), x_mm, dtype)])
         if needs[3]:
-            grad_weight_hh = _matmul(grad_gh[skipped:].t(), h_prev, dtype)
+            grad_weight_hh = _matmul(grad_gh_mm[skipped:].t(), h_prev, dtype)
         if needs[4] or needs[5]:
             grad_bias_hh = grad_gh.sum(0)
             grad_bias_ih = torch.cat([grad_bias_hh[:2 * hidden], grad_n.sum(0)])  # r, z parts are shared

@@ -109,7 +109,6 @@ class ImageHead(nn.Module):
             if self.pool is None:
                 return projected.mean(dim=1)
             lengths = torch.full((projected.shape[0],), projected.shape[1], dtype=torch.int64)
-        lengths = lengths.to(projected.device)
         return pooling.masked_mean(projected, lengths) if self.pool is None else self.pool(projected, lengths)
 
 

@@ -220,5 +220,5 @@ class GPO(nn.Module):
         valid = _check_set(x, lengths)
         if x.shape[2] != self.dim:
             raise ValueError(f"expected feature size {self.dim}, got {x.shape[2]}")
-        weights = self.pool_weights(lengths.to(x.device), x.shape[1]).to(x.dtype)
+        weights = self.pool_weights(lengths, x.shape[1]).to(x.dtype)
         return (weights * sort_set(x, valid)).sum(dim=1)

@@ -45,10 +45,12 @@ def run_train(cfg: TrainConfig) -> dict:
     context = distributed.current()
     with FeatureStore(cfg.store) as store:
         check_store(cfg, store)
+        fingerprint = None  # the store's, computed once
         if checkpoint is not None:
             check_store_provenance(checkpoint["model_spec"], store, source=f"--resume {cfg.resume}")
-            check_same_data(checkpoint, store, source=f"--resume {cfg.resume}",
-                            fix="resume on the run's store (its --store), or start a new run without --resume")
+            fingerprint = check_same_data(checkpoint, store, source=f"--resume {cfg.resume}",
+                                          fix="resume on the run's store (its --store), or start a new run "
+                                              "without --resume")
         check_run_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)  # every rank, before the slow part
         if checkpoint is not None:
             vocab = Vocabulary.from_dict(checkpoint["vocab"])
@@ -72,7 +74,8 @@ def run_train(cfg: TrainConfig) -> dict:
         trainer = Trainer(model, loss, config=cfg, batches=batches, out_dir=out_dir, vocab=vocab,
                           validate=store_validator(store, config=cfg, vocab=vocab, device=device),
                           model_spec=model_spec(store, vocab_size=len(vocab)), device=device,
-                          data=data_identity(store, cfg.all_train_splits()) if context.is_main else None)
+                          data=data_identity(store, cfg.all_train_splits(), fingerprint=fingerprint)
+                          if context.is_main else None)
         if checkpoint is not None:
             trainer.resume(cfg.resume, checkpoint=checkpoint)
         summary = trainer.fit()

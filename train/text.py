@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.choices import TOKENIZERS
+
 logger = logging.getLogger(__name__)
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
@@ -20,8 +22,7 @@ SPECIAL_TOKENS = (PAD, START, END, UNK)  # ids 0, 1, 2, 3; <pad> must be 0 (padd
 TOKEN_PATTERN = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[^\w\s]|_")
 # "basic": TOKEN_PATTERN (this project's own); "nltk": the reference VSE++ code's nltk word tokenizer, for its
 # imported models. A vocabulary records its tokenizer, so a model always reads text as it was trained.
-BASIC, NLTK = "basic", "nltk"
-TOKENIZERS = (BASIC, NLTK)
+BASIC, NLTK = TOKENIZERS
 MAX_TOKENS = 256  # tokens of a caption or query the model reads; the rest is cut (COCO's longest caption: ~50)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import struct
 import zipfile
@@ -17,22 +16,8 @@ logger = logging.getLogger(__name__)
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
-HASH_CHUNK_BYTES = 8 * 2**20  # sha256 reads this much at a time
 ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip member's local file header (30 bytes)
 SAVE_FIX = "save the features as a float array: np.save(path, np.ascontiguousarray(features, dtype=np.float32))"
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file, read HASH_CHUNK_BYTES at a time (a 33 GB file never sits in memory)."""
-    digest = hashlib.sha256()
-    buffer = bytearray(HASH_CHUNK_BYTES)
-    view = memoryview(buffer)
-    with open(path, "rb") as file:
-        while True:
-            count = file.readinto(buffer)
-            if not count:
-                return digest.hexdigest()
-            digest.update(view[:count])
 
 
 class _ZipMemberRows:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import sha256_of_file
 from common.progress import Progress
 from features.attrs import normalize_attr
-from features.importers.arrays import sha256_of
 from features.importers.config import ImportConfig
 from features.importers.layouts import ImportPlan, Part, plan_dataset, plan_folder, reference_tokens
 from features.rows import contiguous_runs
@@ -63,7 +63,7 @@ def import_attrs(cfg: ImportConfig, plan: ImportPlan, hashes: list[str]) -> dict
 
 def _hash_sources(plan: ImportPlan) -> list[str]:
     start = time.perf_counter()
-    hashes = [sha256_of(path) for path in plan.source_files]
+    hashes = [sha256_of_file(path) for path in plan.source_files]
     size = sum(path.stat().st_size for path in plan.source_files)
     logger.info("sha256 of %d source files (%.1f MB) in %.1f s", len(hashes), size / 1e6, time.perf_counter() - start)
     return hashes
@@ -118,8 +118,10 @@ def checked_block(block: np.ndarray, *, part: Part, first_row: int, dtype: str) 
                              "per image) but differ; pass the right --captions-per-image, or the file is not that "
                              "layout")
         block = block[::k]
+    if block.dtype == np.dtype(dtype):  # finite rows stay finite: nothing to cast or check again
+        return block
     with np.errstate(over="ignore"):  # an overflow is reported just below, naming the row
-        values = block.astype(dtype, copy=False)
+        values = block.astype(dtype)
     finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if not finite.all():
         bad = first_row + int(np.argmin(finite)) * k

@@ -11,7 +11,6 @@ from PIL import Image
 from torchvision import transforms
 
 from features.datasets import DatasetIndex
-from features.store import FeatureStoreWriter
 from retrieval.api import VSE
 from retrieval.evaluate import EvalConfig, run_eval
 from retrieval.reference_cnn import cnn_state_of
@@ -20,7 +19,7 @@ from extract.backbones import build_backbone
 from extract.transforms import crop_image
 from tests.retrieval import reference_oracle as ref
 from tests.retrieval.test_reference_import import EMBED, RARE_WORDS, WORD, captions_of
-from tests.synthetic_store import STORE_ATTRS
+from tests.synthetic_store import STORE_ATTRS, write_features_store
 from train.finetune.cnn import CNNBackbone
 
 IMAGES = 8
@@ -50,10 +49,8 @@ def full_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
     dataset = DatasetIndex(image_paths=names, image_splits=["test"] * IMAGES, caption_texts=captions,
                            caption_tokens=[text.split() for text in captions],
                            caption_image_index=np.repeat(np.arange(IMAGES), ref.CAPTIONS_PER_IMAGE))
-    store = folder / "store.h5"
-    with FeatureStoreWriter.create(store, dataset, attrs=dict(STORE_ATTRS, image_root=str(folder)), feature_dim=4,
-                                   crops=1, dtype="float32") as writer:
-        writer.write_rows(np.arange(IMAGES), np.zeros((IMAGES, 4), np.float32), None)
+    store = write_features_store(folder / "store.h5", dataset, np.zeros((IMAGES, 4), np.float32), kind="1c",
+                                 attrs=dict(STORE_ATTRS, image_root=str(folder)))
     vocab = ref.build_vocab(captions_of(200, seed=3) + [" ".join(RARE_WORDS)] * 3, threshold=4)
     vocab_path = folder / "coco_vocab.pkl"
     ref.pickle_vocab(vocab, vocab_path)
@@ -173,9 +170,8 @@ def test_an_unknown_cnn_or_a_store_without_images_is_refused(full_files, tmp_pat
     imported = tmp_path / "imported.h5"
     dataset = DatasetIndex(image_paths=["a.jpg"], image_splits=["test"], caption_texts=["a dog"],
                            caption_tokens=[["a", "dog"]], caption_image_index=np.zeros(1, np.int64))
-    with FeatureStoreWriter.create(imported, dataset, attrs=dict(STORE_ATTRS, origin="import"), feature_dim=4,
-                                   crops=1, dtype="float32") as writer:
-        writer.write_rows(np.arange(1), np.zeros((1, 4), np.float32), None)
+    write_features_store(imported, dataset, np.zeros((1, 4), np.float32), kind="1c",
+                         attrs=dict(STORE_ATTRS, origin="import"))
     with pytest.raises(ValueError, match="holds imported features without their images"):
         import_reference_model(files["checkpoint"], files["vocab_path"], tmp_path / "b.pt", store=imported)
     assert not (tmp_path / "a.pt").exists() and not (tmp_path / "b.pt").exists()

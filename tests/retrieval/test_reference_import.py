@@ -17,13 +17,12 @@ from eval.metrics import ranks_i2t, ranks_t2i
 from features.datasets import DatasetIndex
 from features.reader import FeatureStore
 from features.schema import CNN_ATTRS
-from features.store import FeatureStoreWriter
 from retrieval.api import VSE
 from retrieval.evaluate import EvalConfig, run_eval
 from retrieval.reference_files import UnsafePickleError, read_reference_checkpoint, read_reference_vocabulary
 from retrieval.reference_import import ImportCheckpointConfig, import_reference_model, run_import_checkpoint
 from tests.retrieval import reference_oracle as ref
-from tests.synthetic_store import STORE_ATTRS
+from tests.synthetic_store import write_features_store
 
 IMG_DIM, EMBED, WORD = 12, 16, 8
 SUBJECTS = ("a man's dog", "two \"small\" cats", "the woman", "a red bus", "children", "an old train")
@@ -59,10 +58,7 @@ def reference_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
     dataset = DatasetIndex(image_paths=[f"test/{row:03d}.jpg" for row in range(24)], image_splits=["test"] * 24,
                            caption_texts=captions, caption_tokens=[text.split() for text in captions],
                            caption_image_index=np.repeat(np.arange(24), ref.CAPTIONS_PER_IMAGE))
-    store = folder / "store.h5"
-    with FeatureStoreWriter.create(store, dataset, attrs=STORE_ATTRS, feature_dim=IMG_DIM, crops=1,
-                                   dtype="float32") as writer:
-        writer.write_rows(np.arange(24), features, None)
+    store = write_features_store(folder / "store.h5", dataset, features, kind="1c")
     vocab = ref.build_vocab(captions_of(200, seed=3) + [" ".join(RARE_WORDS)] * 3, threshold=4)
     vocab_path = folder / "coco_precomp_vocab.pkl"
     ref.pickle_vocab(vocab, vocab_path)

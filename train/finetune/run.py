@@ -124,10 +124,12 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
                              "no CNN to fine-tune and no raw images to feed one; fine-tune on a store from "
                              "`pipeline.py extract`")
         check_store_provenance(init["model_spec"], store, source=f"--checkpoint {cfg.checkpoint}")
+        fingerprint = None  # the store's, computed once
         for source, checkpoint in ((f"--checkpoint {cfg.checkpoint}", init), (f"--resume {cfg.resume}", resume_from)):
             if checkpoint is not None:  # fine-tuning continues on the data the model was trained on
-                check_same_data(checkpoint, store, source=source,
-                                fix="fine-tune on the store it was trained on (leave out --store: it defaults to it)")
+                fingerprint = check_same_data(checkpoint, store, source=source, fingerprint=fingerprint,
+                                              fix="fine-tune on the store it was trained on (leave out --store: it "
+                                                  "defaults to it)")
         check_run_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
         for splits in (cfg.all_train_splits(), (cfg.val_split,)):
             store.require_complete(splits)

@@ -42,7 +42,8 @@ class GlobalBatch:
                caption_ids: torch.Tensor, context: Distributed) -> "GlobalBatch":
         """Gather the local pairs of every rank (a collective: every rank must call it)."""
         sizes = context.gather_sizes(len(image_emb))
-        caption_ids = caption_ids.to(image_ids.device)
+        if context.enabled:  # the collective needs them on the device; one process keeps them where they are
+            caption_ids = caption_ids.to(image_ids.device)
         return cls(image_emb=context.gather_rows(image_emb, sizes),
                    caption_emb=context.gather_rows(caption_emb, sizes),
                    image_ids=context.gather_rows(image_ids, sizes),

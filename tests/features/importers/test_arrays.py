@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.importers.arrays import ArraySource, sha256_of
+from common.files import sha256_of_file
+from features.importers.arrays import ArraySource
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def test_missing_file_names_the_path(tmp_path: Path):
 def test_sha256_is_the_files(tmp_path: Path, features: np.ndarray):
     path = tmp_path / "feats.npy"
     np.save(path, features)
-    assert sha256_of(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sha256_of_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _rss() -> int:
