@@ -86,6 +86,9 @@ def wait_until(page, expression: str, *, seconds: float = 20) -> None:
 
 
 def message_after(page, sentence: str) -> str:
+    """The search message the page shows for `sentence` (the previous one hidden first: waiting for a visible
+    message would otherwise return the last search's at once)."""
+    page.evaluate("document.getElementById('search-message').hidden = true")
     page.fill("#query", sentence)
     page.press("#query", "Enter")
     page.wait_for_selector("#search-message:not([hidden])")
